@@ -1,0 +1,292 @@
+"""One Lightning ``Trainer`` factory for every stage, and the fit-and-publish routine around it.
+
+Layout under a stage's results folder (``results/<stage>/``)::
+
+    logs/<run>/metrics.csv           CSV logger (one version folder per run key)
+    checkpoints/<run>/last.ckpt      written every epoch; a rerun of an interrupted run resumes here
+    checkpoints/<run>/best.ckpt      best epoch by the monitored metric
+    models/best.ckpt                 published copy of the best checkpoint, what the CLI loads
+
+``<run>`` is a short hash of everything that defines the training run (hyper-parameters and input
+fingerprints, given by the caller), so an interrupted run resumes only into the same run, and a run
+with changed data or settings starts afresh instead of resuming a stale model. The checkpoint
+folder is deliberately not a workflow output: Snakemake deletes the outputs of a failed job, and
+the checkpoints are what lets the rerun of a job killed by a cluster's time limit pick up again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+COMPLETE_MARKER = "COMPLETE"
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """How to train: the run settings every stage shares.
+
+    Attributes:
+        max_epochs: Number of epochs to train.
+        accelerator: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"gpu"`` or ``"cuda"``.
+        devices: Devices per node: a count, or ``"auto"``.
+        num_nodes: Nodes to train on (multi-node DDP, e.g. under SLURM).
+        strategy: Lightning strategy, e.g. ``"auto"`` or ``"ddp"``.
+        precision: Lightning precision string, one of ``PRECISIONS``.
+        seed: Global seed for Python, NumPy and torch (and dataloader workers).
+        deterministic: ``True`` for deterministic algorithms, ``"warn"`` to only warn.
+        monitor: Logged metric that selects the best checkpoint, or ``None`` for the last epoch.
+        mode: ``"min"`` or ``"max"`` for ``monitor``.
+        log_every_n_steps: Logging interval in optimisation steps.
+        gradient_clip_val: Gradient norm clipping, or ``None`` for none.
+    """
+
+    max_epochs: int = 10
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    seed: int = 42
+    deterministic: bool | str = True
+    monitor: str | None = "val_loss"
+    mode: str = "min"
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1:
+            raise ValueError(f"trainer setting max_epochs must be >= 1, got {self.max_epochs}")
+        if self.num_nodes < 1:
+            raise ValueError(f"trainer setting num_nodes must be >= 1, got {self.num_nodes}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"trainer setting precision must be one of {PRECISIONS}, got {self.precision!r}"
+            )
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"trainer setting mode must be 'min' or 'max', got {self.mode!r}")
+        if self.deterministic not in (True, False, "warn"):
+            raise ValueError(
+                f"trainer setting deterministic must be true, false or 'warn', "
+                f"got {self.deterministic!r}"
+            )
+
+    @classmethod
+    def from_mapping(cls, *layers: Mapping[str, Any] | None) -> TrainerSettings:
+        """Build settings from config mappings; later layers override earlier ones.
+
+        Typically ``from_mapping(config["trainer"], config["xrd"]["trainer"])``: shared run
+        settings first, then a stage's own.
+
+        Raises:
+            ValueError: If a mapping holds a key that is not a trainer setting.
+        """
+        known = {f.name for f in fields(cls)}
+        merged: dict[str, Any] = {}
+        for layer in layers:
+            for key, value in (layer or {}).items():
+                if key not in known:
+                    raise ValueError(
+                        f"unknown trainer setting {key!r}; known settings: {sorted(known)}"
+                    )
+                merged[key] = value
+        return cls(**merged)
+
+
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    kind, keys, position, has_gauss, gauss = state
+    return kind, keys.tolist(), int(position), int(has_gauss), float(gauss)
+
+
+class RngStateCheckpoint(Callback):
+    """Keeps the random number generators' states in checkpoints, so a resumed run reproduces.
+
+    Lightning restores weights, optimiser and loop state but not the global RNGs, so without
+    this a run resumed after a kill would shuffle and augment differently from an uninterrupted
+    one. ``build_trainer`` skips the sanity-check validation on resume, because it would draw
+    random numbers between the restore and the first resumed epoch.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """The RNG states at the moment the checkpoint is written."""
+        states: dict[str, Any] = {
+            "python": random.getstate(),
+            # Plain lists and numbers: checkpoints are loaded with torch's weights_only=True.
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        return states
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the states saved with the checkpoint."""
+        random.setstate(state_dict["python"])
+        kind, keys, position, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def run_key(*parts: Any) -> str:
+    """Short stable hash identifying a training run.
+
+    Args:
+        *parts: JSON-serialisable descriptions of the run: hyper-parameters, trainer settings,
+            input fingerprints (e.g. file checksums).
+
+    Returns:
+        The first 12 hex digits of the sha256 of the canonical JSON of ``parts``.
+    """
+    canonical = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def seed_run(settings: TrainerSettings) -> None:
+    """Seed Python, NumPy and torch (and dataloader workers) for a training run.
+
+    Call it before building the module and the datamodule: initial weights and random splits
+    are drawn when they are built. ``build_trainer`` seeds again, so both orders reproduce.
+    """
+    pl.seed_everything(settings.seed, workers=True, verbose=False)
+
+
+def checkpoint_dir(stage_dir: Path | str, key: str) -> Path:
+    """Folder holding the checkpoints of run ``key`` of a stage."""
+    return Path(stage_dir) / "checkpoints" / key
+
+
+def resume_checkpoint(stage_dir: Path | str, key: str) -> Path | None:
+    """The ``last.ckpt`` to resume run ``key`` from, or ``None`` to start afresh.
+
+    A run that finished (``COMPLETE`` marker) is not resumed: asking for it again means
+    training again, e.g. after ``snakemake --forcerun``.
+    """
+    folder = checkpoint_dir(stage_dir, key)
+    last = folder / "last.ckpt"
+    if last.is_file() and not (folder / COMPLETE_MARKER).exists():
+        return last
+    return None
+
+
+def build_trainer(
+    stage_dir: Path | str,
+    settings: TrainerSettings,
+    key: str,
+    callbacks: Iterable[Callback] = (),
+    **overrides: Any,
+) -> tuple[pl.Trainer, Path | None]:
+    """Build the Lightning ``Trainer`` for one training run of a stage.
+
+    Seeds everything, chooses the accelerator (``"auto"``: CUDA when present, else CPU), logs
+    to CSV under ``<stage_dir>/logs/<key>``, checkpoints the best and last epochs under
+    ``<stage_dir>/checkpoints/<key>`` and shows a progress bar.
+
+    Args:
+        stage_dir: The stage's results folder, e.g. ``results/xrd``.
+        settings: Run settings.
+        key: Run key (see ``run_key``).
+        callbacks: Extra callbacks (the checkpoint callback is always added).
+        **overrides: Extra ``Trainer`` arguments, e.g. ``fast_dev_run=True`` in smoke tests.
+
+    Returns:
+        The trainer and the checkpoint to resume from (pass it as ``ckpt_path`` to ``fit``),
+        or ``None`` when the run starts afresh.
+    """
+    stage_dir = Path(stage_dir)
+    seed_run(settings)
+    folder = checkpoint_dir(stage_dir, key)
+    resume = resume_checkpoint(stage_dir, key)
+    if resume is None and folder.exists():
+        # A finished run asked for again: its checkpoints are superseded by the new run.
+        shutil.rmtree(folder)
+    checkpoint = ModelCheckpoint(
+        dirpath=folder,
+        filename="best",
+        monitor=settings.monitor,
+        mode=settings.mode,
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    trainer = pl.Trainer(
+        default_root_dir=stage_dir,
+        max_epochs=settings.max_epochs,
+        accelerator=settings.accelerator,
+        devices=settings.devices,
+        num_nodes=settings.num_nodes,
+        strategy=settings.strategy,
+        precision=settings.precision,
+        deterministic=settings.deterministic,
+        logger=CSVLogger(save_dir=stage_dir / "logs", name="", version=key),
+        callbacks=[checkpoint, RngStateCheckpoint(), *callbacks],
+        # Sanity-check validation draws random numbers: skipping it on resume keeps the
+        # restored RNG states exactly where the interrupted run left them.
+        num_sanity_val_steps=0 if resume else 2,
+        enable_progress_bar=True,
+        log_every_n_steps=settings.log_every_n_steps,
+        gradient_clip_val=settings.gradient_clip_val,
+        **overrides,
+    )
+    return trainer, resume
+
+
+def _publish(source: Path, target: Path) -> None:
+    """Copy a checkpoint to ``target`` through a temporary file, so readers never see half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
+def fit(
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    stage_dir: Path | str,
+    settings: TrainerSettings,
+    key: str,
+    callbacks: Iterable[Callback] = (),
+    **overrides: Any,
+) -> Path:
+    """Train ``module`` on ``datamodule``, resuming an interrupted run, and publish the best model.
+
+    Build ``module`` and ``datamodule`` after ``seed_run(settings)`` so the run reproduces.
+
+    Args:
+        module: The LightningModule (the system).
+        datamodule: The LightningDataModule (data and seeded splits).
+        stage_dir: The stage's results folder, e.g. ``results/xrd``.
+        settings: Run settings.
+        key: Run key (see ``run_key``).
+        callbacks: Extra callbacks.
+        **overrides: Extra ``Trainer`` arguments.
+
+    Returns:
+        Path of the published best checkpoint, ``<stage_dir>/models/best.ckpt``.
+    """
+    trainer, resume = build_trainer(stage_dir, settings, key, callbacks, **overrides)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    folder = checkpoint_dir(stage_dir, key)
+    best = trainer.checkpoint_callback.best_model_path or str(folder / "last.ckpt")
+    published = Path(stage_dir) / "models" / "best.ckpt"
+    if trainer.is_global_zero:
+        _publish(Path(best), published)
+        (folder / COMPLETE_MARKER).write_text(
+            json.dumps({"best": best, "settings": asdict(settings)}, indent=2) + "\n"
+        )
+    return published

@@ -1,0 +1,57 @@
+"""Shared fixtures: paths to the repository and the real data root, and a synthetic dataset."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from nanoxtal.data import registry
+from nanoxtal.data.registry import DataFile, Dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data root (../shared/data), as CI provides it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data root {SHARED_DATA} not present")
+    return SHARED_DATA
+
+
+def write_dataset(root: Path, name: str, contents: dict[str, bytes]) -> Dataset:
+    """Write files under ``root/<name>/`` and return a registry entry that matches them."""
+    files = []
+    for path, data in sorted(contents.items()):
+        target = root / name / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        files.append(DataFile(path, hashlib.sha256(data).hexdigest(), len(data)))
+    return Dataset(
+        name=name,
+        folder=name,
+        description=f"synthetic dataset {name}",
+        source=f"https://example.org/{name}",
+        licence="CC0",
+        files=tuple(files),
+    )
+
+
+@pytest.fixture
+def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, Dataset]]:
+    """A data root with two small synthetic datasets, registered in place of the real registry."""
+    root = tmp_path / "data_root"
+    found = {
+        "alpha": write_dataset(root, "alpha", {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256))}),
+        "beta": write_dataset(root, "beta", {"c.csv": b"x,y\n1,2\n"}),
+    }
+    monkeypatch.setattr(registry, "datasets", lambda: found)
+    return root, found

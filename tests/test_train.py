@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import csv
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from nanoxtal.train import (
+    COMPLETE_MARKER,
+    TrainerSettings,
+    build_trainer,
+    checkpoint_dir,
+    fit,
+    resume_checkpoint,
+    run_key,
+    seed_run,
+)
+
+
+class TinyRegressor(pl.LightningModule):
+    def __init__(self, width: int = 4, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Linear(width, 1)
+
+    def _loss(self, batch):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self._loss(batch))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+class TinyData(pl.LightningDataModule):
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 4, generator=generator)
+        y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1
+        self.train_set = TensorDataset(x[:48], y[:48])
+        self.val_set = TensorDataset(x[48:], y[48:])
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=16, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=16)
+
+
+class StopAtEpoch(pl.Callback):
+    """Simulates a job killed by the scheduler when epoch ``epoch`` starts."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("killed by the scheduler")
+
+
+class EpochRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epochs.append(trainer.current_epoch)
+
+
+QUIET = {"enable_model_summary": False}
+
+
+def train(stage_dir, settings, key, callbacks=()):
+    seed_run(settings)
+    module = TinyRegressor()
+    fit(module, TinyData(), stage_dir, settings, key, callbacks, **QUIET)
+    return module
+
+
+def weights(module):
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+def test_settings_merge_layers_and_reject_unknown_keys():
+    settings = TrainerSettings.from_mapping({"accelerator": "cpu", "max_epochs": 3}, {"max_epochs": 5})
+    assert settings.accelerator == "cpu" and settings.max_epochs == 5
+    with pytest.raises(ValueError, match="unknown trainer setting 'epochs'"):
+        TrainerSettings.from_mapping({"epochs": 3})
+    with pytest.raises(ValueError, match="precision"):
+        TrainerSettings(precision="8-bit")
+    with pytest.raises(ValueError, match="max_epochs"):
+        TrainerSettings(max_epochs=0)
+
+
+def test_run_key_is_stable_and_sensitive():
+    assert run_key({"lr": 0.1, "w": 4}, "data-sha") == run_key({"w": 4, "lr": 0.1}, "data-sha")
+    assert run_key({"lr": 0.1}, "data-sha") != run_key({"lr": 0.2}, "data-sha")
+    assert run_key({"lr": 0.1}, "data-sha") != run_key({"lr": 0.1}, "other-data")
+
+
+def test_auto_accelerator_uses_cuda_when_present_else_cpu(tmp_path):
+    trainer, resume = build_trainer(tmp_path, TrainerSettings(), "k", **QUIET)
+    expected = "CUDAAccelerator" if torch.cuda.is_available() else "CPUAccelerator"
+    assert type(trainer.accelerator).__name__ == expected
+    assert resume is None
+    assert trainer.logger.log_dir == str(tmp_path / "logs" / "k")
+
+
+def test_same_seed_same_model_other_seed_other_model(tmp_path):
+    settings = TrainerSettings(accelerator="cpu", max_epochs=2, seed=7)
+    first = train(tmp_path / "a", settings, "k")
+    again = train(tmp_path / "b", settings, "k")
+    other = train(tmp_path / "c", TrainerSettings(accelerator="cpu", max_epochs=2, seed=8), "k")
+    assert torch.equal(weights(first), weights(again))
+    assert not torch.equal(weights(first), weights(other))
+
+
+def test_interrupted_run_resumes_from_last_ckpt_and_matches_an_uninterrupted_one(tmp_path):
+    settings = TrainerSettings(accelerator="cpu", max_epochs=4, seed=3)
+    reference = train(tmp_path / "reference", settings, "k")
+
+    stage = tmp_path / "stage"
+    with pytest.raises(RuntimeError, match="killed"):
+        train(stage, settings, "k", callbacks=[StopAtEpoch(2)])
+    assert resume_checkpoint(stage, "k") == checkpoint_dir(stage, "k") / "last.ckpt"
+    assert not (stage / "models" / "best.ckpt").exists()
+
+    recorder = EpochRecorder()
+    resumed = train(stage, settings, "k", callbacks=[recorder])
+    assert recorder.epochs == [2, 3]
+    assert torch.allclose(weights(resumed), weights(reference), atol=1e-6)
+    assert (checkpoint_dir(stage, "k") / COMPLETE_MARKER).exists()
+
+    best = TinyRegressor.load_from_checkpoint(stage / "models" / "best.ckpt")
+    assert best.hparams.width == 4
+    with open(stage / "logs" / "k" / "metrics.csv") as handle:
+        columns = next(csv.reader(handle))
+    assert "val_loss" in columns and "train_loss" in columns
+
+
+def test_finished_run_is_retrained_not_resumed(tmp_path):
+    settings = TrainerSettings(accelerator="cpu", max_epochs=2)
+    train(tmp_path, settings, "k")
+    assert resume_checkpoint(tmp_path, "k") is None
+    recorder = EpochRecorder()
+    train(tmp_path, settings, "k", callbacks=[recorder])
+    assert recorder.epochs == [0, 1]
+
+
+def test_other_run_key_does_not_resume_a_foreign_checkpoint(tmp_path):
+    settings = TrainerSettings(accelerator="cpu", max_epochs=3)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(tmp_path, settings, "old", callbacks=[StopAtEpoch(1)])
+    _, resume = build_trainer(tmp_path, settings, "new", **QUIET)
+    assert resume is None
+    assert resume_checkpoint(tmp_path, "old") is not None

@@ -1,0 +1,57 @@
+# Helpers and input functions shared by the workflow files; no science here. The dataset registry
+# (what exists, where, which checksums) is the package's, so the workflow and the CLI agree.
+
+import os
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from nanoxtal.data import DatasetError, check_present, get_dataset
+
+DATA_ROOT = Path(config["data"]["root"])
+MIRROR = config["data"]["mirror"]
+RESOURCES = "resources"
+DATASET_NAMES = list(config["data"]["datasets"])
+
+for _name in DATASET_NAMES:
+    try:
+        get_dataset(_name)
+    except DatasetError as error:
+        raise WorkflowError(f"config data.datasets: {error}") from None
+
+
+def dataset_dir(name):
+    """Folder the data rules import dataset `name` into (an input for stage rules)."""
+    return f"{RESOURCES}/{name}"
+
+
+def dataset_sources(wildcards):
+    """Input function of `data_import`: the dataset's files under the data root.
+
+    Listing them as inputs makes Snakemake re-import a dataset (and rerun what depends on it)
+    when one of its files changes. Without a mirror a missing file stops the workflow here,
+    before anything runs, with the registry's message: dataset, expected path, where to get it.
+    """
+    dataset = get_dataset(wildcards.dataset)
+    if not MIRROR:
+        try:
+            check_present(dataset, DATA_ROOT)
+        except DatasetError as error:
+            raise WorkflowError(str(error)) from None
+    base = dataset.location(DATA_ROOT)
+    return [str(base / f.path) for f in dataset.files if (base / f.path).is_file()]
+
+
+def mirror_option():
+    """The `--mirror` option of `nanoxtal data import`, empty when offline."""
+    return f"--mirror '{MIRROR}'" if MIRROR else ""
+
+
+def parent_dir(wildcards, output):
+    """Params function: the folder holding a rule's first output (e.g. `--dest` of imports)."""
+    return os.path.dirname(output[0])
+
+
+def all_targets():
+    """Final outputs of the default run (grows as stages land)."""
+    return [dataset_dir(name) for name in DATASET_NAMES]
