@@ -50,7 +50,9 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, di
     """A data root with two small synthetic datasets, registered in place of the real registry."""
     root = tmp_path / "data_root"
     found = {
-        "alpha": write_dataset(root, "alpha", {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256))}),
+        "alpha": write_dataset(
+            root, "alpha", {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256))}
+        ),
         "beta": write_dataset(root, "beta", {"c.csv": b"x,y\n1,2\n"}),
     }
     monkeypatch.setattr(registry, "datasets", lambda: found)

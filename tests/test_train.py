@@ -92,7 +92,9 @@ def weights(module):
 
 
 def test_settings_merge_layers_and_reject_unknown_keys():
-    settings = TrainerSettings.from_mapping({"accelerator": "cpu", "max_epochs": 3}, {"max_epochs": 5})
+    settings = TrainerSettings.from_mapping(
+        {"accelerator": "cpu", "max_epochs": 3}, {"max_epochs": 5}
+    )
     assert settings.accelerator == "cpu" and settings.max_epochs == 5
     with pytest.raises(ValueError, match="unknown trainer setting 'epochs'"):
         TrainerSettings.from_mapping({"epochs": 3})

@@ -45,7 +45,9 @@ def _for_each(items: Iterable[Dataset], action: Callable[[Dataset], str]) -> int
 def _data_list(args: argparse.Namespace) -> int:
     print(f"{'dataset':<18} {'files':>5} {'MB':>8}  {'present':<8} source")
     for dataset in datasets().values():
-        present = "-" if args.root is None else ("no" if missing_files(dataset, args.root) else "yes")
+        present = (
+            "-" if args.root is None else ("no" if missing_files(dataset, args.root) else "yes")
+        )
         print(
             f"{dataset.name:<18} {len(dataset.files):>5} {dataset.size / 1e6:>8.2f}  "
             f"{present:<8} {dataset.source}"

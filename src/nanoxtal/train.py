@@ -247,7 +247,7 @@ def build_trainer(
 
 
 def _publish(source: Path, target: Path) -> None:
-    """Copy a checkpoint to ``target`` through a temporary file, so readers never see half a file."""
+    """Copy a checkpoint to ``target`` via a temporary file, so readers never see half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     shutil.copyfile(source, partial)

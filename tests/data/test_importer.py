@@ -84,17 +84,20 @@ def test_download_over_http_is_verified(tmp_path, data_root):
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
-        target = import_dataset(found["alpha"], tmp_path / "empty", tmp_path / "r1", mirror=url,
-                                progress=False)
+        target = import_dataset(
+            found["alpha"], tmp_path / "empty", tmp_path / "r1", mirror=url, progress=False
+        )
         assert (target / "sub" / "b.bin").read_bytes() == bytes(range(256))
         (mirror / "beta" / "c.csv").write_bytes(b"tampered")
         with pytest.raises(DatasetError, match=r"http://127\.0\.0\.1.*corrupt"):
-            import_dataset(found["beta"], tmp_path / "empty", tmp_path / "r2", mirror=url,
-                           progress=False)
+            import_dataset(
+                found["beta"], tmp_path / "empty", tmp_path / "r2", mirror=url, progress=False
+            )
         (mirror / "beta" / "c.csv").unlink()
         with pytest.raises(DatasetError, match=r"downloading .*c\.csv failed"):
-            import_dataset(found["beta"], tmp_path / "empty", tmp_path / "r3", mirror=url,
-                           progress=False)
+            import_dataset(
+                found["beta"], tmp_path / "empty", tmp_path / "r3", mirror=url, progress=False
+            )
     finally:
         server.shutdown()
     assert leftovers(tmp_path / "r2") == [] and leftovers(tmp_path / "r3") == []
@@ -103,4 +106,6 @@ def test_download_over_http_is_verified(tmp_path, data_root):
 def test_mirror_url_quotes_paths(data_root):
     _, found = data_root
     entry = found["alpha"].files[0]
-    assert mirror_url("https://m.org/data/", found["alpha"], entry) == "https://m.org/data/alpha/a.txt"
+    assert (
+        mirror_url("https://m.org/data/", found["alpha"], entry) == "https://m.org/data/alpha/a.txt"
+    )

@@ -81,8 +81,17 @@ def test_manifest_round_trips_through_the_registry_format(tmp_path):
     assert files["two.txt"]["sha256"] == hashlib.sha256(b"two").hexdigest()
     assert sha256_file(folder / "deep" / "one.dat") == files["deep/one.dat"]["sha256"]
     text = yaml.safe_dump(
-        {"datasets": {"s": {"folder": "set", "description": "d", "source": "https://x",
-                            "licence": "MIT", "files": files}}}
+        {
+            "datasets": {
+                "s": {
+                    "folder": "set",
+                    "description": "d",
+                    "source": "https://x",
+                    "licence": "MIT",
+                    "files": files,
+                }
+            }
+        }
     )
     loaded = load_registry(text)["s"]
     verify(loaded, tmp_path)

@@ -1,0 +1,135 @@
+"""The Snakemake workflow as users run it: dry runs, lint, and real runs of the data stage."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    # Rules call the `nanoxtal` console script installed beside this interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def run_in(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    """Run the workflow in ``workdir`` with ``config`` layered over the default config."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    configfile = workdir / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    return snakemake(
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(configfile),
+        "--cores",
+        "2",
+        *args,
+    )
+
+
+@pytest.fixture
+def small_root(tmp_path, shared_data) -> Path:
+    """A writable data root holding copies of two small real datasets."""
+    root = tmp_path / "data"
+    for folder in ("recipes", "tem/sophon_example"):
+        shutil.copytree(shared_data / folder, root / folder)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+@pytest.mark.parametrize("configfile", [None, "config/test.yaml"])
+def test_dry_run_prints_the_dag(configfile):
+    args = ["-n", "--cores", "2"] + (["--configfile", configfile] if configfile else [])
+    done = snakemake(*args)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout + done.stderr
+    assert "data_import" in out and "This was a dry-run" in out
+
+
+@pytest.mark.parametrize("configfile", [None, "config/test.yaml"])
+def test_lint_reports_nothing(configfile):
+    done = snakemake("--lint", *(["--configfile", configfile] if configfile else []))
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "Congratulations" in out, out
+
+
+def test_invalid_config_is_refused_before_anything_runs(tmp_path, small_root):
+    done = run_in(tmp_path / "w", {"data": {"root": str(small_root), "datasts": ["recipes"]}}, "-n")
+    assert done.returncode != 0
+    assert "datasts" in done.stdout + done.stderr
+
+
+def test_unknown_dataset_in_config_is_named(tmp_path, small_root):
+    done = run_in(
+        tmp_path / "w", {"data": {"root": str(small_root), "datasets": ["xrd_nope"]}}, "-n"
+    )
+    assert done.returncode != 0
+    assert "unknown dataset 'xrd_nope'" in done.stdout + done.stderr
+
+
+def test_missing_dataset_stops_with_one_clear_message(tmp_path, small_root):
+    config = {"data": {"root": str(small_root), "datasets": ["recipes", "xrd_rruff"]}}
+    done = run_in(tmp_path / "w", config)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "dataset 'xrd_rruff' is missing 1 of 1 files" in out
+    assert str(small_root / "xrd" / "rruff_dev.npz") in out
+    assert "https://github.com/AGI-init/XRDs" in out
+    assert not (tmp_path / "w" / "resources").exists()
+
+
+def test_corrupt_file_is_refused_and_nothing_half_written(tmp_path, small_root):
+    with open(small_root / "recipes" / "shape_classes.txt", "a") as handle:
+        handle.write("dodecahedron\n")
+    done = run_in(tmp_path / "w", {"data": {"root": str(small_root), "datasets": ["recipes"]}})
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "shape_classes.txt is corrupt or a different version" in out
+    resources = tmp_path / "w" / "resources"
+    assert not resources.exists() or list(resources.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_import_then_noop_then_data_change_reruns_only_that_dataset(tmp_path, small_root):
+    workdir = tmp_path / "w"
+    config = {"data": {"root": str(small_root), "datasets": ["recipes", "tem_sophon"]}}
+    done = run_in(workdir, config)
+    assert done.returncode == 0, done.stderr
+    for name, count in (("recipes", 4), ("tem_sophon", 2)):
+        # Besides the data: our import receipt and the timestamp Snakemake keeps in folders.
+        files = [p for p in (workdir / "resources" / name).iterdir() if p.name[0] not in "._"]
+        assert len(files) == count
+        assert (workdir / "logs" / "data" / f"import_{name}.log").is_file()
+
+    again = run_in(workdir, config, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # A changed data file (Snakemake 9 ignores a bare touch: it compares checksums too).
+    source = small_root / "tem" / "sophon_example" / "1-0001_16.png"
+    with open(source, "ab") as handle:
+        handle.write(b"\0")
+    os.utime(source, (time.time() + 60, time.time() + 60))
+    plan = run_in(workdir, config, "-n")
+    out = plan.stdout + plan.stderr
+    assert "wildcards: dataset=tem_sophon" in out
+    assert "wildcards: dataset=recipes" not in out
