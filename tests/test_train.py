@@ -145,9 +145,13 @@ def test_interrupted_run_resumes_from_last_ckpt_and_matches_an_uninterrupted_one
 
     best = TinyRegressor.load_from_checkpoint(stage / "models" / "best.ckpt")
     assert best.hparams.width == 4
+    # The metrics of the epochs before the kill survive the resume, each epoch once.
     with open(stage / "logs" / "k" / "metrics.csv") as handle:
-        columns = next(csv.reader(handle))
-    assert "val_loss" in columns and "train_loss" in columns
+        rows = list(csv.DictReader(handle))
+    validated = [int(row["epoch"]) for row in rows if row["val_loss"]]
+    assert validated == [0, 1, 2, 3]
+    assert any(row["train_loss"] for row in rows)
+    assert not (stage / "logs" / "k" / "metrics.history.csv").exists()
 
 
 def test_finished_run_is_retrained_not_resumed(tmp_path):
@@ -157,6 +161,8 @@ def test_finished_run_is_retrained_not_resumed(tmp_path):
     recorder = EpochRecorder()
     train(tmp_path, settings, "k", callbacks=[recorder])
     assert recorder.epochs == [0, 1]
+    superseded = list((tmp_path / "logs").glob("k.superseded-*/metrics.csv"))
+    assert len(superseded) == 1 and (tmp_path / "logs" / "k" / "metrics.csv").is_file()
 
 
 def test_other_run_key_does_not_resume_a_foreign_checkpoint(tmp_path):

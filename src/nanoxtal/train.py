@@ -2,7 +2,7 @@
 
 Layout under a stage's results folder (``results/<stage>/``)::
 
-    logs/<run>/metrics.csv           CSV logger (one version folder per run key)
+    logs/<run>/metrics.csv           CSV logger (one folder per run key; kept across resumes)
     checkpoints/<run>/last.ckpt      written every epoch; a rerun of an interrupted run resumes here
     checkpoints/<run>/best.ckpt      best epoch by the monitored metric
     models/best.ckpt                 published copy of the best checkpoint, what the CLI loads
@@ -16,6 +16,7 @@ the checkpoints are what lets the rerun of a job killed by a cluster's time limi
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ import random
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 COMPLETE_MARKER = "COMPLETE"
+METRICS_FILE = "metrics.csv"
+HISTORY_FILE = "metrics.history.csv"
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
 
 
@@ -184,6 +188,48 @@ def resume_checkpoint(stage_dir: Path | str, key: str) -> Path | None:
     return None
 
 
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    """Write CSV rows whose keys may differ (union header, first-seen order)."""
+    header = list(dict.fromkeys(key for row in rows for key in row))
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+
+
+def _keep_metrics_history(log_dir: Path, resume: Path) -> None:
+    """Set aside the metrics logged before ``resume``'s step, before a resumed run starts.
+
+    Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts, so the rows of
+    the interrupted attempts are kept in ``metrics.history.csv`` (rows at or after the
+    checkpoint's step are dropped: the resumed run logs them again) and merged back by ``fit``.
+    """
+    resumed_at = torch.load(resume, map_location="cpu", weights_only=True)["global_step"]
+    rows = _read_rows(log_dir / HISTORY_FILE) + _read_rows(log_dir / METRICS_FILE)
+    kept = [row for row in rows if row.get("step") and int(float(row["step"])) < resumed_at]
+    if kept:
+        _write_rows(log_dir / HISTORY_FILE, kept)
+    (log_dir / METRICS_FILE).unlink(missing_ok=True)
+
+
+def _merge_metrics_history(log_dir: Path) -> None:
+    history = log_dir / HISTORY_FILE
+    if history.is_file():
+        _write_rows(
+            log_dir / METRICS_FILE, _read_rows(history) + _read_rows(log_dir / METRICS_FILE)
+        )
+        history.unlink()
+
+
 def build_trainer(
     stage_dir: Path | str,
     settings: TrainerSettings,
@@ -212,9 +258,16 @@ def build_trainer(
     seed_run(settings)
     folder = checkpoint_dir(stage_dir, key)
     resume = resume_checkpoint(stage_dir, key)
+    log_dir = stage_dir / "logs" / key
     if resume is None and folder.exists():
-        # A finished run asked for again: its checkpoints are superseded by the new run.
+        # A finished run asked for again (e.g. --forcerun): its checkpoints are superseded,
+        # its small logs are kept beside the new ones.
         shutil.rmtree(folder)
+        if log_dir.exists():
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            log_dir.rename(log_dir.with_name(f"{key}.superseded-{stamp}"))
+    if resume is not None:
+        _keep_metrics_history(log_dir, resume)
     checkpoint = ModelCheckpoint(
         dirpath=folder,
         filename="best",
@@ -233,7 +286,7 @@ def build_trainer(
         strategy=settings.strategy,
         precision=settings.precision,
         deterministic=settings.deterministic,
-        logger=CSVLogger(save_dir=stage_dir / "logs", name="", version=key),
+        logger=CSVLogger(save_dir=log_dir.parent, name="", version=key),
         callbacks=[checkpoint, RngStateCheckpoint(), *callbacks],
         # Sanity-check validation draws random numbers: skipping it on resume keeps the
         # restored RNG states exactly where the interrupted run left them.
@@ -282,6 +335,8 @@ def fit(
     trainer, resume = build_trainer(stage_dir, settings, key, callbacks, **overrides)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     folder = checkpoint_dir(stage_dir, key)
+    if trainer.is_global_zero:
+        _merge_metrics_history(Path(trainer.logger.log_dir))
     best = trainer.checkpoint_callback.best_model_path or str(folder / "last.ckpt")
     published = Path(stage_dir) / "models" / "best.ckpt"
     if trainer.is_global_zero:
