@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from pymatgen.analysis.diffraction.xrd import XRDCalculator
+from pymatgen.core import Lattice, Structure
+
+from nanoxtal.xrd.simulate import (
+    WAVELENGTHS,
+    SimulationError,
+    compare_sticks,
+    merge_equal,
+    stick_pattern,
+    stick_patterns,
+)
+
+
+def rock_salt(a: float = 5.64) -> Structure:
+    return Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+
+
+def bragg_two_theta(d: float, wavelength: float) -> float:
+    return math.degrees(2 * math.asin(wavelength / (2 * d)))
+
+
+def test_rock_salt_positions_extinctions_and_multiplicities():
+    a = 5.64
+    pattern = stick_pattern(rock_salt(a), "CuKa", (10, 90))
+    families = {tuple(sorted(np.abs(hkl))): i for i, hkl in enumerate(pattern.hkl)}
+    # Face-centred: h, k, l all even or all odd; nothing else may appear.
+    for h, k, l in families:
+        assert len({h % 2, k % 2, l % 2}) == 1
+    assert (0, 0, 1) not in families and (0, 1, 1) not in families
+    for (h, k, l), i in families.items():
+        d = a / math.sqrt(h * h + k * k + l * l)
+        assert pattern.d[i] == pytest.approx(d, rel=1e-9)
+        assert pattern.two_theta[i] == pytest.approx(
+            bragg_two_theta(d, WAVELENGTHS["CuKa"]), abs=1e-9
+        )
+    # Multiplicities of the cubic forms {111}, {200}, {220}; (200) is the strongest line.
+    assert [pattern.multiplicity[families[f]] for f in [(1, 1, 1), (0, 0, 2), (0, 2, 2)]] == [
+        8,
+        6,
+        12,
+    ]
+    assert pattern.intensity[families[(0, 0, 2)]] == pytest.approx(100)
+    assert np.all(np.diff(pattern.two_theta) > 0)
+
+
+def test_d_spacings_do_not_depend_on_the_wavelength():
+    cu = stick_pattern(rock_salt(), "CuKa", (5, 90))
+    mo = stick_pattern(rock_salt(), "MoKa", (5, 90))
+    assert len(mo) > len(cu)  # shorter wavelength reaches more reflections in the same range
+    common = np.intersect1d(np.round(cu.d, 8), np.round(mo.d, 8))
+    assert len(common) == len(cu)
+    for d, two_theta in zip(mo.d, mo.two_theta, strict=True):
+        assert two_theta == pytest.approx(bragg_two_theta(d, WAVELENGTHS["MoKa"]), abs=1e-9)
+
+
+def test_debye_waller_damps_high_angles_as_pymatgen():
+    structure = rock_salt()
+    # One B for all atoms scales every peak by exp(-2 B s²): relative to the strongest (low
+    # angle) line, every line above it loses intensity, and more so at higher angle.
+    damped, plain = stick_pattern(structure, debye_waller=1.0), stick_pattern(structure)
+    ratio = damped.intensity / plain.intensity
+    above = damped.two_theta > damped.two_theta[np.argmax(damped.intensity)]
+    assert np.all(ratio[above] < 1) and np.all(np.diff(ratio[above]) < 0)
+    # Element-specific B (Na-Cl difference reflections may even gain): as pymatgen has it.
+    ours = stick_pattern(structure, debye_waller={"Na": 1.5, "Cl": 1.0})
+    ref = XRDCalculator(debye_waller_factors={"Na": 1.5, "Cl": 1.0}).get_pattern(
+        structure, two_theta_range=(5, 90)
+    )
+    agreement = compare_sticks((np.array(ref.x), np.array(ref.y)), (ours.two_theta, ours.intensity))
+    assert agreement.max_intensity_error < 1e-6 and agreement.max_position_error < 1e-9
+
+
+def test_partial_occupancy_matches_pymatgen():
+    alloy = Structure(Lattice.cubic(3.75), [{"Cu": 0.5, "Au": 0.5}], [[0, 0, 0]])
+    alloy = alloy.get_primitive_structure()
+    ours = stick_pattern(alloy)
+    ref = XRDCalculator().get_pattern(alloy, two_theta_range=(5, 90))
+    agreement = compare_sticks((np.array(ref.x), np.array(ref.y)), (ours.two_theta, ours.intensity))
+    assert agreement.compared == len(ref.x)
+    assert agreement.max_intensity_error < 1e-6
+
+
+def test_agrees_with_pymatgen_on_materials_project_structures(shared_data):
+    table = pd.read_csv(shared_data / "xrd" / "mp_structures.csv.gz")
+    sample = table.sample(40, random_state=1)
+    calculator = XRDCalculator("CuKa")
+    for material, cif in zip(sample.material_id, sample.cif, strict=True):
+        structure = Structure.from_str(cif, fmt="cif")
+        ref = calculator.get_pattern(structure, two_theta_range=(5, 90))
+        ours = stick_pattern(structure, "CuKa", (5, 90))
+        agreement = compare_sticks(
+            (np.array(ref.x), np.array(ref.y)), (ours.two_theta, ours.intensity)
+        )
+        assert agreement.max_position_error < 0.01, material
+        assert agreement.max_intensity_error < 1.0, material
+
+
+def test_merge_keeps_equivalent_reflections_together_across_a_bin_edge():
+    # 2θ values straddling a 1e-5° rounding edge (pymatgen-style binning would split them).
+    edge = 30.000005
+    first, merged, counts = merge_equal(np.array([edge - 1e-12, 31.0, edge + 1e-12]), np.ones(3))
+    assert list(counts) == [2, 1] and list(merged) == [2.0, 1.0] and list(first) == [0, 1]
+
+
+def test_unknown_element_is_an_error_and_the_batch_goes_on():
+    weird = Structure(Lattice.cubic(4.0), ["Og"], [[0, 0, 0]])
+    results = list(stick_patterns([weird, rock_salt()]))
+    assert isinstance(results[0], SimulationError) and "'Og'" in str(results[0])
+    assert len(results[1]) > 0
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="unknown radiation"):
+        stick_pattern(rock_salt(), "CuKz")
+    with pytest.raises(ValueError, match="range"):
+        stick_pattern(rock_salt(), two_theta_range=(90, 10))
+
+
+def test_nothing_in_range_gives_an_empty_pattern():
+    assert len(stick_pattern(rock_salt(), two_theta_range=(0.1, 1.0))) == 0
+
+
+def test_compare_sticks_flags_missing_and_shifted_peaks():
+    x, y = np.array([10.0, 20.0]), np.array([100.0, 50.0])
+    assert compare_sticks((x, y), (x, y)).max_intensity_error == 0
+    shifted = compare_sticks((x, y), (x + np.array([0.0, 0.0005]), y))
+    assert shifted.max_position_error == pytest.approx(0.0005)
+    missing = compare_sticks((x, y), (x[:1], y[:1]))
+    assert math.isinf(missing.max_position_error)
