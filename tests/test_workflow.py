@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -59,11 +61,14 @@ def small_root(tmp_path, shared_data) -> Path:
 
 @pytest.mark.parametrize("configfile", [None, "config/test.yaml"])
 def test_dry_run_prints_the_dag(configfile):
-    args = ["-n", "--cores", "2"] + (["--configfile", configfile] if configfile else [])
-    done = snakemake(*args)
+    # --forceall: plan every job whatever this checkout's results/ already holds.
+    args = ["-n", "--forceall", "--cores", "2"]
+    done = snakemake(*args, *(["--configfile", configfile] if configfile else []))
     assert done.returncode == 0, done.stderr
     out = done.stdout + done.stderr
-    assert "data_import" in out and "This was a dry-run" in out
+    assert "This was a dry-run" in out
+    for rule in ("data_import", "xrd_structures", "xrd_simulate"):
+        assert f"rule {rule}:" in out, rule
 
 
 @pytest.mark.parametrize("configfile", [None, "config/test.yaml"])
@@ -133,3 +138,22 @@ def test_import_then_noop_then_data_change_reruns_only_that_dataset(tmp_path, sm
     out = plan.stdout + plan.stderr
     assert "wildcards: dataset=tem_sophon" in out
     assert "wildcards: dataset=recipes" not in out
+
+
+@pytest.mark.slow
+def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    test_config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    test_config["data"]["root"] = str(shared_data)
+    done = run_in(workdir, test_config)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((workdir / "results" / "xrd" / "structures_summary.json").read_text())
+    assert (
+        summary["kept"] + summary["rejected"] == test_config["xrd"]["structures"]["max_structures"]
+    )
+    peaks = pd.read_parquet(workdir / "results" / "xrd" / "peaks.parquet")
+    assert peaks["id"].nunique() == summary["kept"]
+    for log in ("data/import_xrd_mp.log", "xrd/structures.log", "xrd/simulate.log"):
+        assert (workdir / "logs" / log).is_file(), log
+    assert (workdir / "results" / "benchmarks" / "xrd" / "simulate.tsv").is_file()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import yaml
@@ -112,6 +112,159 @@ def _add_data_commands(stages: argparse._SubParsersAction) -> None:
     manifest.set_defaults(func=_data_manifest)
 
 
+def _xrd_structures(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from nanoxtal.files import atomic_write
+    from nanoxtal.xrd.structures import CRYSTAL_SYSTEMS, build_table, read_sources
+
+    sources = list(read_sources(args.sources))
+    if args.max_structures is not None and len(sources) > args.max_structures:
+        rng = np.random.default_rng(args.seed)
+        chosen = np.sort(rng.choice(len(sources), args.max_structures, replace=False))
+        sources = [sources[i] for i in chosen]
+    table, rejects = build_table(
+        sources,
+        symprec=args.symprec,
+        angle_tolerance=args.angle_tolerance,
+        fractions=args.split,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    with atomic_write(args.out) as partial:
+        table.to_parquet(partial, index=False)
+    with atomic_write(args.rejects) as partial:
+        rejects.to_csv(partial, index=False)
+    summary = {
+        "structures_read": len(sources),
+        "kept": len(table),
+        "rejected": len(rejects),
+        "reject_reasons": rejects["reason"].str.split(":").str[0].value_counts().to_dict(),
+        "seed": args.seed,
+        "split_fractions": list(args.split),
+        "split_by": "reduced formula",
+        "symprec": args.symprec,
+        "angle_tolerance": args.angle_tolerance,
+        "per_split": table["split"].value_counts().to_dict(),
+        "space_groups_present": int(table["space_group"].nunique()),
+        "per_crystal_system": {
+            CRYSTAL_SYSTEMS[k]: int(v)
+            for k, v in table["crystal_system"].value_counts().sort_index().items()
+        },
+    }
+    if args.summary:
+        with atomic_write(args.summary) as partial:
+            partial.write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"{len(table)} structures kept, {len(rejects)} rejected (reasons in {args.rejects}), "
+        f"{summary['space_groups_present']} space groups; wrote {args.out}"
+    )
+    return EXIT_OK
+
+
+def _simulation_inputs(paths: Sequence[Path]) -> Iterator[tuple[str, object]]:
+    """(id, SiteArrays or Structure or error message) for every structure of the inputs."""
+    import pandas as pd
+
+    from nanoxtal.xrd.simulate import SimulationError, SiteArrays
+    from nanoxtal.xrd.structures import StructureError, parse_cif, read_sources
+
+    for path in paths:
+        if path.suffix == ".parquet":
+            table = pd.read_parquet(path, columns=["id", "lattice", "species", "frac_coords"])
+            for row in table.itertuples(index=False):
+                try:
+                    yield row.id, SiteArrays.from_ordered(row.lattice, row.species, row.frac_coords)
+                except SimulationError as error:
+                    yield row.id, str(error)
+            continue
+        for source in read_sources([path]):
+            if source.error is not None:
+                yield source.id, source.error
+                continue
+            try:
+                yield source.id, parse_cif(source.cif)
+            except StructureError as error:
+                yield source.id, str(error)
+
+
+def _xrd_simulate(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from nanoxtal.files import atomic_write
+    from nanoxtal.xrd.simulate import SimulationError, peak_table, stick_pattern
+
+    wavelength = float(args.wavelength) if args.wavelength[0].isdigit() else args.wavelength
+    patterns, failed = [], 0
+    for structure_id, item in tqdm(
+        _simulation_inputs(args.structures),
+        desc="simulate",
+        unit="structure",
+        disable=args.no_progress,
+    ):
+        try:
+            if isinstance(item, str):
+                raise SimulationError(item)
+            pattern = stick_pattern(
+                item, wavelength, tuple(args.two_theta), debye_waller=args.debye_waller
+            )
+        except SimulationError as error:
+            failed += 1
+            _error(f"{structure_id}: {error}")
+            continue
+        patterns.append((structure_id, pattern))
+    table = peak_table(patterns)
+    with atomic_write(args.out) as partial:
+        table.to_parquet(partial, index=False)
+    print(f"{len(patterns)} patterns ({len(table)} peaks) written to {args.out}; {failed} failed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _add_xrd_commands(stages: argparse._SubParsersAction) -> None:
+    xrd = stages.add_parser("xrd", help="powder X-ray diffraction: structures, simulation")
+    verbs = xrd.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    structures = verbs.add_parser(
+        "structures", help="symmetrize, label and split structures (CIF files/folders, CSV)"
+    )
+    structures.add_argument("sources", nargs="+", type=Path, metavar="SOURCE")
+    structures.add_argument("--out", type=Path, required=True, help="structure table (.parquet)")
+    structures.add_argument(
+        "--rejects", type=Path, required=True, help="rejects with reasons (.csv)"
+    )
+    structures.add_argument("--summary", type=Path, help="counts, seed and split settings (.json)")
+    structures.add_argument("--symprec", type=float, default=0.01, help="spglib tolerance, Å")
+    structures.add_argument("--angle-tolerance", type=float, default=5.0, help="degrees")
+    structures.add_argument(
+        "--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST")
+    )
+    structures.add_argument("--seed", type=int, default=42)
+    structures.add_argument("--max-structures", type=int, help="random subset of this size")
+    structures.add_argument("--workers", type=int, default=1, help="processes")
+    structures.add_argument("--no-progress", action="store_true")
+    structures.set_defaults(func=_xrd_structures)
+
+    simulate = verbs.add_parser("simulate", help="stick patterns (hkl, 2θ, d, intensity)")
+    simulate.add_argument(
+        "structures",
+        nargs="+",
+        type=Path,
+        metavar="STRUCTURES",
+        help="CIF files/folders, CSV(.gz) with a cif column, or a structure table (.parquet)",
+    )
+    simulate.add_argument("--out", type=Path, required=True, help="peak table (.parquet)")
+    simulate.add_argument("--wavelength", default="CuKa", help="line name (CuKa, MoKa1, ...) or Å")
+    simulate.add_argument(
+        "--two-theta", type=float, nargs=2, default=(5.0, 90.0), metavar=("MIN", "MAX")
+    )
+    simulate.add_argument("--debye-waller", type=float, help="isotropic B for all atoms, Å²")
+    simulate.add_argument("--no-progress", action="store_true")
+    simulate.set_defaults(func=_xrd_simulate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``nanoxtal`` command."""
     parser = argparse.ArgumentParser(
@@ -121,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nanoxtal {__version__}")
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     _add_data_commands(stages)
+    _add_xrd_commands(stages)
     return parser
 
 
@@ -129,6 +283,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DatasetError as error:
+    except (DatasetError, ValueError, OSError) as error:
         _error(str(error))
         return EXIT_FAILED

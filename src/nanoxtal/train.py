@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import random
 import shutil
 from collections.abc import Iterable, Mapping
@@ -33,6 +32,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+
+from nanoxtal.files import atomic_write
 
 COMPLETE_MARKER = "COMPLETE"
 METRICS_FILE = "metrics.csv"
@@ -198,12 +199,10 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
     """Write CSV rows whose keys may differ (union header, first-seen order)."""
     header = list(dict.fromkeys(key for row in rows for key in row))
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w", newline="") as handle:
+    with atomic_write(path) as partial, open(partial, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(partial, path)
 
 
 def _keep_metrics_history(log_dir: Path, resume: Path) -> None:
@@ -301,10 +300,8 @@ def build_trainer(
 
 def _publish(source: Path, target: Path) -> None:
     """Copy a checkpoint to ``target`` via a temporary file, so readers never see half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    with atomic_write(target) as partial:
+        shutil.copyfile(source, partial)
 
 
 def fit(

@@ -52,6 +52,21 @@ def parent_dir(wildcards, output):
     return os.path.dirname(output[0])
 
 
+def max_structures_option():
+    """`--max-structures N` of `nanoxtal xrd structures`, empty for all structures."""
+    limit = config["xrd"]["structures"]["max_structures"]
+    return "" if limit is None else f"--max-structures {limit}"
+
+
+def debye_waller_option():
+    """`--debye-waller B` of `nanoxtal xrd simulate`, empty for none."""
+    b = config["xrd"]["simulate"]["debye_waller"]
+    return "" if b is None else f"--debye-waller {b}"
+
+
 def all_targets():
     """Final outputs of the default run (grows as stages land)."""
-    return [dataset_dir(name) for name in DATASET_NAMES]
+    targets = [dataset_dir(name) for name in DATASET_NAMES]
+    if "xrd_mp" in DATASET_NAMES:
+        targets += ["results/xrd/peaks.parquet", "results/xrd/structures_summary.json"]
+    return targets

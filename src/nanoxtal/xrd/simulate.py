@@ -20,11 +20,12 @@ loop over reflections or peaks and no sine or cosine per reflection and site.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
+import pandas as pd
 from pymatgen.analysis.diffraction.xrd import ATOMIC_SCATTERING_PARAMS
 from pymatgen.core import Element, Structure
 
@@ -189,6 +190,34 @@ class SiteArrays:
     elements: tuple[str, ...]
     occupancy: np.ndarray
 
+    @classmethod
+    def from_ordered(
+        cls, lattice: Sequence[float], species: Sequence[str], frac_coords: Sequence[float]
+    ) -> SiteArrays:
+        """Build from an ordered structure stored flat (as in the structure table).
+
+        Args:
+            lattice: The 9 components of the lattice vectors (rows), Å.
+            species: Element symbol of each site.
+            frac_coords: The 3 fractional coordinates of each site, flattened.
+
+        Raises:
+            SimulationError: On an element without scattering factors.
+        """
+        elements = tuple(dict.fromkeys(species))
+        unknown = [e for e in elements if e not in ATOMIC_SCATTERING_PARAMS]
+        if unknown:
+            raise SimulationError(f"no X-ray scattering factors for element {unknown[0]!r}")
+        column = {e: i for i, e in enumerate(elements)}
+        occupancy = np.zeros((len(species), len(elements)))
+        occupancy[np.arange(len(species)), [column[e] for e in species]] = 1.0
+        return cls(
+            lattice=np.asarray(lattice, dtype=float).reshape(3, 3),
+            frac_coords=np.asarray(frac_coords, dtype=float).reshape(-1, 3),
+            elements=elements,
+            occupancy=occupancy,
+        )
+
 
 def site_arrays(structure: Structure) -> SiteArrays:
     """Extract lattice, coordinates and per-element occupancies (partial occupancy allowed).
@@ -327,6 +356,31 @@ def stick_pattern(
         multiplicity=2 * counts,
         wavelength=lam,
     )
+
+
+PEAK_COLUMNS = ("id", "h", "k", "l", "two_theta", "d", "intensity", "multiplicity")
+
+
+def peak_table(patterns: Iterable[tuple[str, StickPattern]]) -> pd.DataFrame:
+    """One row per peak: structure id, h, k, l, 2θ (degrees), d (Å), intensity, multiplicity."""
+    frames = [
+        pd.DataFrame(
+            {
+                "id": structure_id,
+                "h": p.hkl[:, 0],
+                "k": p.hkl[:, 1],
+                "l": p.hkl[:, 2],
+                "two_theta": p.two_theta,
+                "d": p.d,
+                "intensity": p.intensity,
+                "multiplicity": p.multiplicity,
+            }
+        )
+        for structure_id, p in patterns
+    ]
+    if not frames:
+        return pd.DataFrame({c: [] for c in PEAK_COLUMNS})
+    return pd.concat(frames, ignore_index=True)
 
 
 def stick_patterns(

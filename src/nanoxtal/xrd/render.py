@@ -1,0 +1,400 @@
+"""Render stick patterns into measured-looking powder patterns, batched, with augmentations.
+
+Each effect is a physical model of something a diffractometer or a sample does:
+
+- Instrument profile: pseudo-Voigt with the Caglioti FWHM, H² = U tan²θ + V tanθ + W (deg²)
+  (Caglioti, Paoletti & Ricci, Nucl. Instrum. 3, 223 (1958)).
+- Crystallite size: Scherrer broadening β = K λ / (L cos θ) (rad), K = 0.9; microstrain:
+  β = 4 ε tan θ (Stokes & Wilson); combined with the instrument in quadrature (Gaussian
+  convolution approximation).
+- Lattice strain / alloying (Vegard-like): cell edges scaled by (1 + e_a, 1 + e_b, 1 + e_c),
+  tied as the crystal system requires (cubic: one e; tetragonal, trigonal, hexagonal: e_a = e_b),
+  which keeps the symmetry; each peak moves with its hkl through 1/d² = h' G* h', h' = h/(1+e).
+- Preferred orientation: March–Dollase, P = (r² cos²α + sin²α / r)^(-3/2), α the angle between
+  the peak's (representative) scattering vector and the texture axis (Dollase, J. Appl.
+  Cryst. 19, 267 (1986)).
+- Zero shift Δ2θ = z, and sample displacement Δ2θ = -2 s cos θ / R (rad) for a Bragg–Brentano
+  goniometer of radius R (Klug & Alexander, *X-ray Diffraction Procedures*, 1974).
+- Kα2: each peak again at 2θ from λ(Kα2) with the Kα2/Kα1 intensity ratio (0.5 for Cu).
+- Background: a broad amorphous hump (Gaussian in 2θ) plus a low-order polynomial.
+- Counting noise: Poisson at a random peak count, plus Gaussian read-out noise.
+- Impurity phases: a scaled fraction of another pattern of the batch added in.
+- Intensity scaling: per-peak log-normal jitter (counting statistics, texture residues).
+
+Output is on the model grid (default 5.00-89.99° in 0.01° steps, 8,500 points, the RRUFF grid of
+Salgado et al. 2023), max-normalised to 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from nanoxtal.xrd.simulate import WAVELENGTHS
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The 2θ grid patterns are rendered on, degrees."""
+
+    start: float = 5.0
+    step: float = 0.01
+    points: int = 8500
+
+    def values(self) -> torch.Tensor:
+        """The grid's 2θ values, degrees (float64 positions, float32 out)."""
+        return (self.start + self.step * torch.arange(self.points, dtype=torch.float64)).float()
+
+
+@dataclass(frozen=True)
+class PeakBatch:
+    """Stick patterns of a batch, padded to the longest.
+
+    Attributes:
+        d: Interplanar spacings, Å, (B, P); padding has ``mask`` False.
+        intensity: Peak intensities (any scale), (B, P).
+        hkl: Representative Miller indices in the conventional cell, (B, P, 3).
+        metric: Reciprocal metric tensor G* of each structure, Å⁻², (B, 3, 3).
+        crystal_system: 0 triclinic ... 6 cubic, (B,).
+        mask: Which entries are real peaks, (B, P).
+    """
+
+    d: torch.Tensor
+    intensity: torch.Tensor
+    hkl: torch.Tensor
+    metric: torch.Tensor
+    crystal_system: torch.Tensor
+    mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> PeakBatch:
+        """The same batch on another device."""
+        return PeakBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def reciprocal_metric(lattice: np.ndarray) -> np.ndarray:
+    """G* = (A A^T)^-1 for lattice vectors A as rows, Å⁻²."""
+    reciprocal = np.linalg.inv(np.asarray(lattice, dtype=float).reshape(3, 3)).T
+    return reciprocal @ reciprocal.T
+
+
+def make_batch(
+    patterns: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    lattices: list[np.ndarray],
+    crystal_systems: list[int],
+) -> PeakBatch:
+    """Pad stick patterns into a ``PeakBatch``.
+
+    Args:
+        patterns: Per structure: d (P,), intensity (P,), hkl (P, 3).
+        lattices: Per structure: lattice vectors as rows (3, 3) or flat (9,), Å.
+        crystal_systems: Per structure: crystal system index.
+    """
+    size = max(1, max(len(d) for d, _, _ in patterns))
+    n = len(patterns)
+    d = torch.ones(n, size, dtype=torch.float64)
+    intensity = torch.zeros(n, size)
+    hkl = torch.zeros(n, size, 3)
+    mask = torch.zeros(n, size, dtype=torch.bool)
+    for i, (dd, ii, hh) in enumerate(patterns):
+        m = len(dd)
+        d[i, :m] = torch.as_tensor(dd, dtype=torch.float64)
+        intensity[i, :m] = torch.as_tensor(ii, dtype=torch.float32)
+        hkl[i, :m] = torch.as_tensor(np.asarray(hh, dtype=np.float32).reshape(-1, 3))
+        mask[i, :m] = True
+    metric = torch.as_tensor(np.stack([reciprocal_metric(lat) for lat in lattices]))
+    return PeakBatch(
+        d=d,
+        intensity=intensity,
+        hkl=hkl,
+        metric=metric,
+        crystal_system=torch.as_tensor(crystal_systems, dtype=torch.long),
+        mask=mask,
+    )
+
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Ranges the random effects are drawn from, uniformly per pattern (``None``: effect off).
+
+    Widths in degrees 2θ; set both ends of a range equal for a fixed value.
+    """
+
+    caglioti_u: Range = (0.0, 0.02)
+    caglioti_v: Range = (-0.01, 0.0)
+    caglioti_w: Range = (0.001, 0.01)
+    eta: Range = (0.2, 0.8)
+    crystallite_nm: Range | None = (20.0, 200.0)
+    microstrain: Range | None = (0.0, 1e-3)
+    lattice_strain: Range | None = (-0.01, 0.01)
+    march_dollase_r: Range | None = (0.8, 1.2)
+    zero_shift: Range | None = (-0.05, 0.05)
+    displacement_mm: Range | None = (-0.1, 0.1)
+    goniometer_radius_mm: float = 240.0
+    ka2_ratio: float | None = 0.5
+    background: Range | None = (0.0, 0.1)
+    hump_center: Range = (15.0, 35.0)
+    hump_width: Range = (5.0, 15.0)
+    peak_counts: Range | None = (1e3, 1e5)
+    read_noise: Range | None = (0.0, 0.003)
+    impurity_fraction: Range | None = (0.0, 0.1)
+    impurity_probability: float = 0.3
+    intensity_jitter: float | None = 0.1
+
+    @classmethod
+    def clean(cls) -> Augmentation:
+        """A fixed, noise-free instrument: for validation, tests and reference renders."""
+        return cls(
+            caglioti_u=(0.004, 0.004),
+            caglioti_v=(-0.002, -0.002),
+            caglioti_w=(0.004, 0.004),
+            eta=(0.5, 0.5),
+            crystallite_nm=None,
+            microstrain=None,
+            lattice_strain=None,
+            march_dollase_r=None,
+            zero_shift=None,
+            displacement_mm=None,
+            ka2_ratio=None,
+            background=None,
+            peak_counts=None,
+            read_noise=None,
+            impurity_fraction=None,
+            intensity_jitter=None,
+        )
+
+
+@dataclass(frozen=True)
+class Renderer:
+    """Renders ``PeakBatch``es onto a grid with random (or fixed) effects.
+
+    Attributes:
+        grid: Output grid.
+        wavelength: Wavelength without a Kα2 line (Cu Kα, the 2:1 mean of the doublet), Å.
+        ka1_wavelength: Kα1 wavelength, Å (with a Kα2 line: ``ka2_ratio`` set).
+        ka2_wavelength: Kα2 wavelength, Å.
+        window_fwhm: Half-width of the window a peak is drawn in, in units of its FWHM.
+        min_window_points: Smallest half-width of that window, grid points.
+        texture_axis: Preferred-orientation axis as reciprocal-lattice indices.
+    """
+
+    grid: Grid = field(default_factory=Grid)
+    wavelength: float = WAVELENGTHS["CuKa"]
+    ka1_wavelength: float = WAVELENGTHS["CuKa1"]
+    ka2_wavelength: float = WAVELENGTHS["CuKa2"]
+    window_fwhm: float = 25.0
+    min_window_points: int = 32
+    texture_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
+
+    def __call__(
+        self,
+        batch: PeakBatch,
+        augmentation: Augmentation | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Render a batch: (B, grid points), each pattern max-normalised to 1."""
+        aug = augmentation or Augmentation.clean()
+        n = batch.d.shape[0]
+        device = batch.d.device
+
+        def draw(r: Range | None, default: float = 0.0) -> torch.Tensor:
+            if r is None:
+                return torch.full((n,), default, dtype=torch.float64, device=device)
+            u = torch.rand(n, generator=generator, dtype=torch.float64).to(device)
+            return r[0] + (r[1] - r[0]) * u
+
+        d = strained_d(
+            batch, draw(aug.lattice_strain), draw(aug.lattice_strain), draw(aug.lattice_strain)
+        )
+        intensity = batch.intensity * batch.mask
+        if aug.march_dollase_r is not None:
+            intensity = intensity * march_dollase(
+                batch, draw(aug.march_dollase_r, 1.0), self.texture_axis
+            )
+        if aug.intensity_jitter:
+            noise = torch.randn(intensity.shape, generator=generator).to(device)
+            intensity = intensity * torch.exp(aug.intensity_jitter * noise)
+
+        lines = [(self.wavelength, 1.0)]
+        if aug.ka2_ratio:
+            lines = [(self.ka1_wavelength, 1.0), (self.ka2_wavelength, aug.ka2_ratio)]
+        profile = (draw(aug.caglioti_u), draw(aug.caglioti_v), draw(aug.caglioti_w), draw(aug.eta))
+        size = draw(aug.crystallite_nm, math.inf) if aug.crystallite_nm else None
+        strain = draw(aug.microstrain) if aug.microstrain else None
+        shift = draw(aug.zero_shift)
+        displacement = draw(aug.displacement_mm)
+        pattern = torch.zeros(n, self.grid.points, device=device)
+        for wavelength, weight in lines:
+            ratio = torch.clamp(wavelength / (2.0 * d), max=1.0)
+            theta = torch.asin(ratio)  # rad, float64
+            two_theta = torch.rad2deg(2 * theta) + shift[:, None]
+            two_theta = two_theta + torch.rad2deg(
+                -2.0 * displacement[:, None] * torch.cos(theta) / aug.goniometer_radius_mm
+            )
+            fwhm = peak_fwhm(theta, wavelength, *profile[:3], size, strain)
+            valid = batch.mask & (ratio < 1.0)
+            pattern += self._draw(two_theta, fwhm, profile[3], weight * intensity * valid)
+
+        if aug.impurity_fraction is not None and n > 1:
+            pattern = add_impurities(
+                pattern, draw(aug.impurity_fraction), aug.impurity_probability, generator
+            )
+        pattern = pattern / pattern.amax(dim=1, keepdim=True).clamp_min(1e-12)
+        if aug.background is not None:
+            pattern = pattern + background(
+                self.grid,
+                draw(aug.background),
+                draw(aug.hump_center),
+                draw(aug.hump_width),
+                generator,
+            ).to(device)
+        if aug.peak_counts is not None:
+            counts = draw(aug.peak_counts)[:, None].float()
+            pattern = torch.poisson(pattern * counts, generator=generator) / counts
+        if aug.read_noise is not None:
+            noise = torch.randn(pattern.shape, generator=generator).to(device)
+            pattern = pattern + draw(aug.read_noise)[:, None].float() * noise
+        pattern = pattern.clamp_min(0.0)
+        return pattern / pattern.amax(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def _draw(
+        self, two_theta: torch.Tensor, fwhm: torch.Tensor, eta: torch.Tensor, area: torch.Tensor
+    ) -> torch.Tensor:
+        """Pseudo-Voigt peaks (area ``area``) drawn in a window around each centre, summed."""
+        n = two_theta.shape[0]
+        step = self.grid.step
+        half = int(
+            min(
+                self.grid.points,
+                max(self.min_window_points, math.ceil(self.window_fwhm * float(fwhm.max()) / step)),
+            )
+        )
+        centre = torch.round((two_theta - self.grid.start) / step).long()  # nearest grid index
+        offsets = torch.arange(-half, half + 1, device=two_theta.device)
+        index = centre[:, :, None] + offsets  # (n, p, window)
+        x = self.grid.start + step * index.double() - two_theta[:, :, None]
+        values = pseudo_voigt(x, fwhm[:, :, None], eta[:, None, None]) * area[:, :, None] * step
+        inside = (index >= 0) & (index < self.grid.points) & (area[:, :, None] > 0)
+        flat = (
+            index.clamp(0, self.grid.points - 1)
+            + self.grid.points * torch.arange(n, device=index.device)[:, None, None]
+        )
+        out = torch.zeros(n * self.grid.points, device=two_theta.device)
+        out.index_add_(0, flat[inside], values[inside].float())
+        return out.view(n, self.grid.points)
+
+
+def pseudo_voigt(x: torch.Tensor, fwhm: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+    """Area-normalised pseudo-Voigt at offsets ``x`` (deg) for FWHM (deg) and Lorentz share η."""
+    gauss = (
+        (2.0 / fwhm)
+        * math.sqrt(math.log(2.0) / math.pi)
+        * torch.exp(-4.0 * math.log(2.0) * (x / fwhm) ** 2)
+    )
+    lorentz = (2.0 / (math.pi * fwhm)) / (1.0 + 4.0 * (x / fwhm) ** 2)
+    return eta * lorentz + (1.0 - eta) * gauss
+
+
+def peak_fwhm(
+    theta: torch.Tensor,
+    wavelength: float,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    crystallite_nm: torch.Tensor | None = None,
+    microstrain: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """FWHM in degrees 2θ: Caglioti instrument, Scherrer size and microstrain in quadrature.
+
+    Args:
+        theta: Bragg angles, rad, (B, P).
+        wavelength: Å.
+        u: Caglioti U, deg², (B,).
+        v: Caglioti V, deg², (B,).
+        w: Caglioti W, deg², (B,).
+        crystallite_nm: Crystallite size, nm, (B,) (``inf``: no size broadening).
+        microstrain: Root-mean-square strain ε, (B,).
+    """
+    tan = torch.tan(theta)
+    fwhm2 = (u[:, None] * tan**2 + v[:, None] * tan + w[:, None]).clamp_min(1e-8)
+    if crystallite_nm is not None:
+        scherrer = 0.9 * wavelength / (10.0 * crystallite_nm[:, None] * torch.cos(theta))
+        fwhm2 = fwhm2 + torch.rad2deg(scherrer) ** 2
+    if microstrain is not None:
+        fwhm2 = fwhm2 + torch.rad2deg(4.0 * microstrain[:, None] * tan) ** 2
+    return torch.sqrt(fwhm2)
+
+
+def strained_d(
+    batch: PeakBatch, e_a: torch.Tensor, e_b: torch.Tensor, e_c: torch.Tensor
+) -> torch.Tensor:
+    """d-spacings after scaling the cell edges by (1+e_a, 1+e_b, 1+e_c), symmetry kept.
+
+    The crystal system ties the factors: cubic uses e_a for all three; tetragonal, trigonal and
+    hexagonal (conventional cells) use e_a for a and b.
+    """
+    system = batch.crystal_system
+    e_b = torch.where(system >= 3, e_a, e_b)
+    e_c = torch.where(system == 6, e_a, e_c)
+    scale = 1.0 + torch.stack([e_a, e_b, e_c], dim=1)  # (B, 3)
+    if torch.all(scale == 1.0):
+        return batch.d
+    h = batch.hkl.double() / scale[:, None, :]
+    g2 = torch.einsum("bpi,bij,bpj->bp", h, batch.metric.double(), h)
+    d = 1.0 / torch.sqrt(g2.clamp_min(1e-12))
+    return torch.where(batch.mask, d, batch.d)
+
+
+def march_dollase(
+    batch: PeakBatch, r: torch.Tensor, axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
+) -> torch.Tensor:
+    """March–Dollase intensity factor of each peak for texture along reciprocal ``axis``."""
+    metric = batch.metric.double()
+    h = batch.hkl.double()
+    a = torch.tensor(axis, dtype=torch.float64, device=h.device)
+    dot = torch.einsum("bpi,bij,j->bp", h, metric, a)
+    norm_h = torch.sqrt(torch.einsum("bpi,bij,bpj->bp", h, metric, h).clamp_min(1e-12))
+    norm_a = torch.sqrt(torch.einsum("i,bij,j->b", a, metric, a))[:, None]
+    cos2 = (dot / (norm_h * norm_a)) ** 2
+    rr = r[:, None]
+    return ((rr**2 * cos2 + (1.0 - cos2) / rr) ** -1.5).float()
+
+
+def background(
+    grid: Grid,
+    amplitude: torch.Tensor,
+    hump_center: torch.Tensor,
+    hump_width: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Amorphous hump plus a decaying polynomial, peak height ``amplitude`` (fraction of max)."""
+    x = grid.values().double()[None, :]
+    hump = torch.exp(-0.5 * ((x - hump_center[:, None]) / hump_width[:, None]) ** 2)
+    t = (x - x.min()) / (x.max() - x.min())
+    coefficients = torch.rand(len(amplitude), 3, generator=generator, dtype=torch.float64)
+    polynomial = (
+        coefficients[:, :1] * (1 - t) ** 2 + coefficients[:, 1:2] * (1 - t) + coefficients[:, 2:]
+    )
+    shape = hump + 0.5 * polynomial
+    shape = shape / shape.amax(dim=1, keepdim=True)
+    return (amplitude[:, None] * shape).float()
+
+
+def add_impurities(
+    patterns: torch.Tensor,
+    fraction: torch.Tensor,
+    probability: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Add ``fraction`` × (another pattern of the batch) to a random share of the patterns."""
+    n = patterns.shape[0]
+    partner = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n
+    chosen = torch.rand(n, generator=generator) < probability
+    scale = (fraction.float() * chosen.to(fraction.device))[:, None]
+    normalised = patterns / patterns.amax(dim=1, keepdim=True).clamp_min(1e-12)
+    return normalised + scale * normalised[partner.to(patterns.device)]

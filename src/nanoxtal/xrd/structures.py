@@ -1,0 +1,279 @@
+"""Crystal structures for XRD: read, symmetrize, label, split by formula.
+
+Symmetry comes from spglib (through pymatgen's ``SpacegroupAnalyzer``) at a given tolerance;
+each structure is kept as its conventional standard cell, labelled with its space group (ITA
+number 1-230) and crystal system (0 triclinic ... 6 cubic). Structures that cannot be used are
+returned as rejects with the reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pymatgen.analysis.diffraction.xrd import ATOMIC_SCATTERING_PARAMS
+from pymatgen.core import Structure
+from pymatgen.io.cif import CifParser
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+from tqdm.auto import tqdm
+
+CRYSTAL_SYSTEMS = (
+    "triclinic",
+    "monoclinic",
+    "orthorhombic",
+    "tetragonal",
+    "trigonal",
+    "hexagonal",
+    "cubic",
+)
+# First space group number of each crystal system (International Tables Vol. A).
+_FIRST_SPACE_GROUP = np.array([1, 3, 16, 75, 143, 168, 195])
+SPLITS = ("train", "val", "test")
+TABLE_COLUMNS = (
+    "id",
+    "formula",
+    "space_group",
+    "crystal_system",
+    "split",
+    "n_sites",
+    "lattice",
+    "species",
+    "frac_coords",
+)
+
+
+class StructureError(ValueError):
+    """A structure cannot be used; the message says why."""
+
+
+def crystal_system(space_group: int) -> int:
+    """Crystal system index (0 triclinic ... 6 cubic) of a space group number (1-230)."""
+    if not 1 <= space_group <= 230:
+        raise ValueError(f"space group number must be 1-230, got {space_group}")
+    return int(np.searchsorted(_FIRST_SPACE_GROUP, space_group, side="right") - 1)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One structure as read, before symmetry analysis.
+
+    Attributes:
+        id: Identifier (a Materials Project id, or file name and block).
+        cif: CIF text, or ``None`` when ``error`` says why it could not be read.
+        error: Why the entry could not be read, else ``None``.
+    """
+
+    id: str
+    cif: str | None
+    error: str | None = None
+
+
+def _sources_from_csv(path: Path) -> Iterator[Source]:
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        yield Source(str(path), None, f"unreadable table: {error}")
+        return
+    if "cif" not in table.columns:
+        yield Source(str(path), None, f"no 'cif' column (columns: {list(table.columns)})")
+        return
+    ids = next((table[c] for c in ("material_id", "id") if c in table.columns), None)
+    ids = ids.astype(str) if ids is not None else [f"{path.name}:{i}" for i in range(len(table))]
+    for entry_id, cif in zip(ids, table["cif"], strict=True):
+        if isinstance(cif, str) and cif.strip():
+            yield Source(entry_id, cif)
+        else:
+            yield Source(entry_id, None, "empty CIF")
+
+
+def _sources_from_cif(path: Path) -> Iterator[Source]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as error:
+        yield Source(str(path), None, f"unreadable file: {error}")
+        return
+    yield Source(path.stem, text)
+
+
+def read_sources(paths: Iterable[Path | str]) -> Iterator[Source]:
+    """Structures from CIF files, folders of CIF files, and CSV(.gz) tables with a ``cif`` column.
+
+    Unreadable inputs are yielded as sources with an ``error``; the rest go on.
+    """
+    for path in map(Path, paths):
+        if not path.exists():
+            yield Source(str(path), None, "no such file or folder")
+        elif path.is_dir():
+            for cif in sorted(path.rglob("*.cif")):
+                yield from _sources_from_cif(cif)
+        elif path.name.endswith((".csv", ".csv.gz")):
+            yield from _sources_from_csv(path)
+        elif path.suffix.lower() == ".cif":
+            yield from _sources_from_cif(path)
+        else:
+            yield Source(str(path), None, "not a CIF file, folder of CIFs or CSV with a cif column")
+
+
+def parse_cif(text: str) -> Structure:
+    """The first structure of a CIF text, as written (no reduction).
+
+    Raises:
+        StructureError: If pymatgen cannot build a structure from it.
+    """
+    with warnings.catch_warnings():
+        # pymatgen warns about rounding coordinates to ideal values: harmless, and noisy.
+        warnings.simplefilter("ignore")
+        try:
+            structures = CifParser.from_str(text).parse_structures(primitive=False)
+        except (ValueError, KeyError, IndexError, TypeError) as error:
+            raise StructureError(f"invalid CIF: {error}") from error
+    if not structures:
+        raise StructureError("invalid CIF: no structure in it")
+    return structures[0]
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A structure in its conventional standard cell with its symmetry labels."""
+
+    id: str
+    formula: str
+    space_group: int
+    crystal_system: int
+    structure: Structure
+
+
+def symmetrize(
+    structure_id: str, structure: Structure, symprec: float = 0.01, angle_tolerance: float = 5.0
+) -> Labelled:
+    """Detect the symmetry of a structure and return its conventional standard cell.
+
+    Args:
+        structure_id: Identifier carried along.
+        structure: The structure (any setting, e.g. P1 as written by Materials Project).
+        symprec: Distance tolerance of spglib, Å.
+        angle_tolerance: Angle tolerance of spglib, degrees.
+
+    Raises:
+        StructureError: Disordered (partial occupancies), elements without X-ray scattering
+            factors, or symmetry detection failed.
+    """
+    if not structure.is_ordered:
+        raise StructureError("disordered: partial occupancies")
+    missing = sorted({e.symbol for e in structure.composition} - set(ATOMIC_SCATTERING_PARAMS))
+    if missing:
+        raise StructureError(f"no X-ray scattering factors for {', '.join(missing)}")
+    try:
+        analyzer = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=angle_tolerance)
+        number = analyzer.get_space_group_number()
+        conventional = analyzer.get_conventional_standard_structure()
+    except (ValueError, TypeError) as error:
+        raise StructureError(f"symmetry detection failed: {error}") from error
+    return Labelled(
+        id=structure_id,
+        formula=structure.composition.reduced_formula,
+        space_group=number,
+        crystal_system=crystal_system(number),
+        structure=conventional,
+    )
+
+
+def split_by_formula(
+    formulas: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 42
+) -> list[str]:
+    """Assign each entry to train/val/test so that no reduced formula is in two splits.
+
+    Args:
+        formulas: Reduced formula of each entry.
+        fractions: Shares of the distinct formulas for train, val and test (sum 1).
+        seed: Seed of the shuffle of the formulas.
+
+    Returns:
+        The split of each entry, in input order.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"split fractions must be three shares summing to 1, got {fractions}")
+    distinct = np.array(sorted(set(formulas)))
+    shuffled = distinct[np.random.default_rng(seed).permutation(len(distinct))]
+    cuts = np.round(np.cumsum(fractions)[:2] * len(distinct)).astype(int)
+    split_of = {
+        f: SPLITS[int(np.searchsorted(cuts, i, side="right"))] for i, f in enumerate(shuffled)
+    }
+    return [split_of[f] for f in formulas]
+
+
+def _label_one(source: Source, symprec: float, angle_tolerance: float) -> dict:
+    """A table row (``TABLE_COLUMNS`` less split) or a reject ``{"id", "reason"}``."""
+    if source.error is not None:
+        return {"id": source.id, "reason": source.error}
+    try:
+        labelled = symmetrize(source.id, parse_cif(source.cif), symprec, angle_tolerance)
+    except StructureError as error:
+        return {"id": source.id, "reason": str(error)}
+    structure = labelled.structure
+    return {
+        "id": labelled.id,
+        "formula": labelled.formula,
+        "space_group": labelled.space_group,
+        "crystal_system": labelled.crystal_system,
+        "n_sites": len(structure),
+        "lattice": structure.lattice.matrix.reshape(-1).tolist(),
+        "species": [site.specie.symbol for site in structure],
+        "frac_coords": structure.frac_coords.reshape(-1).tolist(),
+    }
+
+
+def _label_chunk(chunk: list[Source], symprec: float, angle_tolerance: float) -> list[dict]:
+    return [_label_one(s, symprec, angle_tolerance) for s in chunk]
+
+
+def build_table(
+    sources: Iterable[Source],
+    symprec: float = 0.01,
+    angle_tolerance: float = 5.0,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 42,
+    workers: int = 1,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Symmetrize and label structures, split them by formula.
+
+    Args:
+        sources: Structures as read (``read_sources``).
+        symprec: spglib distance tolerance, Å.
+        angle_tolerance: spglib angle tolerance, degrees.
+        fractions: Train/val/test shares of the distinct reduced formulas.
+        seed: Seed of the split.
+        workers: Processes for the symmetry analysis (1: in this process).
+        progress: Show a progress bar.
+
+    Returns:
+        The structure table (``TABLE_COLUMNS``, conventional cells) and the rejects
+        (``id``, ``reason``).
+    """
+    sources = list(sources)
+    chunks = [sources[i : i + 64] for i in range(0, len(sources), 64)]
+    rows: list[dict] = []
+    with tqdm(total=len(sources), desc="symmetry", unit="structure", disable=not progress) as bar:
+        if workers > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                results = pool.map(
+                    _label_chunk, chunks, [symprec] * len(chunks), [angle_tolerance] * len(chunks)
+                )
+                for result in results:
+                    rows.extend(result)
+                    bar.update(len(result))
+        else:
+            for chunk in chunks:
+                rows.extend(_label_chunk(chunk, symprec, angle_tolerance))
+                bar.update(len(chunk))
+    good = [r for r in rows if "reason" not in r]
+    rejects = pd.DataFrame([r for r in rows if "reason" in r], columns=["id", "reason"])
+    table = pd.DataFrame(good, columns=[c for c in TABLE_COLUMNS if c != "split"])
+    table.insert(4, "split", split_by_formula(list(table["formula"]), fractions, seed))
+    return table, rejects

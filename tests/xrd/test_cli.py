@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from pymatgen.core import Lattice, Structure
+
+from nanoxtal.cli import main
+from nanoxtal.xrd.simulate import PEAK_COLUMNS, stick_pattern
+
+
+def rock_salt() -> Structure:
+    return Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+
+
+def test_simulate_processes_the_good_inputs_and_reports_the_bad(tmp_path, capsys):
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    (folder / "nacl.cif").write_text(rock_salt().to(fmt="cif"))
+    (folder / "junk.cif").write_text("not a cif at all")
+    out = tmp_path / "peaks.parquet"
+    assert (
+        main(
+            [
+                "xrd",
+                "simulate",
+                str(folder),
+                str(tmp_path / "nope.cif"),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "junk: invalid CIF" in err and "no such file" in err
+    peaks = pd.read_parquet(out)
+    assert tuple(peaks.columns) == PEAK_COLUMNS
+    assert set(peaks["id"]) == {"nacl"}
+    assert peaks["intensity"].max() == 100
+    expected = stick_pattern(rock_salt())
+    assert len(peaks) == len(expected)
+
+
+def test_simulate_takes_another_wavelength_in_angstrom(tmp_path):
+    (tmp_path / "nacl.cif").write_text(rock_salt().to(fmt="cif"))
+    out = tmp_path / "p.parquet"
+    assert (
+        main(
+            [
+                "xrd",
+                "simulate",
+                str(tmp_path / "nacl.cif"),
+                "--out",
+                str(out),
+                "--wavelength",
+                "0.7093",
+                "--two-theta",
+                "5",
+                "60",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    peaks = pd.read_parquet(out)
+    assert peaks["two_theta"].max() <= 60 and len(peaks) == len(
+        stick_pattern(rock_salt(), 0.7093, (5, 60))
+    )
+
+
+def test_structures_then_simulate_from_the_table(tmp_path):
+    table = pd.DataFrame(
+        {
+            "material_id": ["nacl", "alloy"],
+            "cif": [
+                rock_salt().to(fmt="cif"),
+                Structure(Lattice.cubic(3.7), [{"Cu": 0.5, "Au": 0.5}], [[0, 0, 0]]).to(fmt="cif"),
+            ],
+        }
+    )
+    table.to_csv(tmp_path / "in.csv", index=False)
+    args = [
+        "xrd",
+        "structures",
+        str(tmp_path / "in.csv"),
+        "--out",
+        str(tmp_path / "s.parquet"),
+        "--rejects",
+        str(tmp_path / "r.csv"),
+        "--summary",
+        str(tmp_path / "s.json"),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["kept"] == 1 and summary["rejected"] == 1 and summary["seed"] == 42
+    assert summary["reject_reasons"] == {"disordered": 1}
+    assert (
+        main(
+            [
+                "xrd",
+                "simulate",
+                str(tmp_path / "s.parquet"),
+                "--out",
+                str(tmp_path / "p.parquet"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert set(pd.read_parquet(tmp_path / "p.parquet")["id"]) == {"nacl"}
+
+
+def test_bad_wavelength_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "nacl.cif").write_text(rock_salt().to(fmt="cif"))
+    assert (
+        main(
+            [
+                "xrd",
+                "simulate",
+                str(tmp_path / "nacl.cif"),
+                "--out",
+                str(tmp_path / "p.parquet"),
+                "--wavelength",
+                "CuKz",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
+    assert "unknown radiation 'CuKz'" in capsys.readouterr().err
+    assert not (tmp_path / "p.parquet").exists()

@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from nanoxtal.xrd.render import (
+    Augmentation,
+    Grid,
+    Renderer,
+    make_batch,
+    peak_fwhm,
+    pseudo_voigt,
+)
+from nanoxtal.xrd.simulate import WAVELENGTHS, stick_pattern
+
+CLEAN = Augmentation.clean()
+GRID = Grid()
+
+
+def only(**changes) -> Augmentation:
+    """The clean instrument with some effects switched on."""
+    return Augmentation(**{**CLEAN.__dict__, **changes})
+
+
+def single_peak(d: float, hkl=(1, 0, 0), lattice=None, system: int = 6, intensity: float = 100.0):
+    lattice = np.eye(3) * d if lattice is None else lattice
+    return make_batch(
+        [(np.array([d]), np.array([intensity]), np.array([hkl]))], [lattice], [system]
+    )
+
+
+def bragg(d: float, wavelength: float = WAVELENGTHS["CuKa"]) -> float:
+    return math.degrees(2 * math.asin(wavelength / (2 * d)))
+
+
+def centroid(pattern: torch.Tensor, lo: float, hi: float) -> float:
+    """Position of the highest point in (lo, hi), refined by a parabola through its neighbours."""
+    x = GRID.values().double()
+    inside = torch.nonzero((x > lo) & (x < hi)).flatten()
+    i = int(inside[pattern[inside].argmax()])
+    y0, y1, y2 = (float(v) for v in pattern[i - 1 : i + 2].double())
+    return float(x[i]) + 0.5 * GRID.step * (y0 - y2) / (y0 - 2 * y1 + y2)
+
+
+def measured_fwhm(pattern: torch.Tensor) -> float:
+    y = pattern.double().numpy()
+    above = np.flatnonzero(y >= y.max() / 2)
+    return (above[-1] - above[0] + 1) * GRID.step
+
+
+def test_grid_is_the_rruff_grid():
+    values = GRID.values()
+    assert len(values) == 8500
+    assert float(values[0]) == pytest.approx(5.0) and float(values[-1]) == pytest.approx(89.99)
+
+
+def test_pseudo_voigt_has_unit_area_and_the_requested_fwhm():
+    x = torch.linspace(-50, 50, 200001, dtype=torch.float64)
+    for eta in (0.0, 0.5, 1.0):
+        y = pseudo_voigt(x, torch.tensor(0.2, dtype=torch.float64), torch.tensor(eta))
+        assert float(torch.trapezoid(y, x)) == pytest.approx(1.0, abs=2e-3)
+        half = x[y >= y.max() / 2]
+        assert float(half[-1] - half[0]) == pytest.approx(0.2, abs=1e-3)
+
+
+def test_clean_render_puts_peaks_at_bragg_positions():
+    d = 2.82
+    pattern = Renderer()(single_peak(d))[0]
+    assert float(pattern.max()) == pytest.approx(1.0)
+    assert centroid(pattern, bragg(d) - 1, bragg(d) + 1) == pytest.approx(bragg(d), abs=0.005)
+
+
+def test_smaller_crystallites_broaden_peaks_as_scherrer_says():
+    d = 1.5
+    widths = []
+    for size in (200.0, 10.0):
+        pattern = Renderer()(single_peak(d), only(crystallite_nm=(size, size), eta=(0.0, 0.0)))[0]
+        widths.append(measured_fwhm(pattern))
+    theta = torch.tensor([[math.radians(bragg(d) / 2)]], dtype=torch.float64)
+    expected = peak_fwhm(
+        theta,
+        WAVELENGTHS["CuKa"],
+        *(torch.tensor([v]) for v in (0.004, -0.002, 0.004)),
+        torch.tensor([10.0]),
+    )
+    assert widths[1] > 2 * widths[0]
+    assert widths[1] == pytest.approx(float(expected), abs=0.02)
+
+
+def test_cubic_strain_moves_every_peak_as_the_cell_grows():
+    structure = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    sticks = stick_pattern(structure)
+    batch = make_batch([(sticks.d, sticks.intensity, sticks.hkl)], [structure.lattice.matrix], [6])
+    strained = Renderer()(batch, only(lattice_strain=(0.01, 0.01)))[0]
+    d200 = 5.64 / 2
+    assert centroid(strained, bragg(d200) - 0.5, bragg(d200) + 0.3) == pytest.approx(
+        bragg(d200 * 1.01), abs=0.005
+    )
+
+
+def test_tetragonal_strain_moves_00l_and_h00_independently():
+    lattice = np.diag([4.0, 4.0, 6.0])
+    d = np.array([4.0, 3.0])  # (100) and (002)
+    batch = make_batch(
+        [(d, np.array([100.0, 100.0]), np.array([[1, 0, 0], [0, 0, 2]]))], [lattice], [3]
+    )
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(1)
+    pattern = Renderer()(batch, only(lattice_strain=(-0.02, 0.02)), generator)[0]
+    e = torch.rand(1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    e_a = float(-0.02 + 0.04 * e)
+    assert centroid(pattern, bragg(4.0) - 1, bragg(4.0) + 1) == pytest.approx(
+        bragg(4.0 * (1 + e_a)), abs=0.005
+    )
+    moved_c = centroid(pattern, bragg(3.0) - 1, bragg(3.0) + 1)
+    assert moved_c != pytest.approx(bragg(3.0 * (1 + e_a)), abs=0.005)
+
+
+def test_march_dollase_platelets_enhance_00l():
+    lattice = np.diag([4.0, 4.0, 6.0])
+    batch = make_batch(
+        [(np.array([4.0, 3.0]), np.array([100.0, 100.0]), np.array([[1, 0, 0], [0, 0, 2]]))],
+        [lattice],
+        [3],
+    )
+    pattern = Renderer()(batch, only(march_dollase_r=(0.7, 0.7)))[0]
+    i100 = float(pattern[(GRID.values() - bragg(4.0)).abs().argmin()])
+    i002 = float(pattern[(GRID.values() - bragg(3.0)).abs().argmin()])
+    # r < 1: (00l) along the axis gains r^-3, (h00) normal to it gains r^1.5.
+    ratio_expected = (0.7**-3) / (0.7**1.5)
+    fwhm = peak_fwhm(
+        torch.tensor(
+            [[math.radians(bragg(3.0) / 2), math.radians(bragg(4.0) / 2)]], dtype=torch.float64
+        ),
+        WAVELENGTHS["CuKa"],
+        *(torch.tensor([v]) for v in (0.004, -0.002, 0.004)),
+    )[0]
+    width_ratio = float(fwhm[1] / fwhm[0])  # peak heights scale as area / width
+    assert i002 / i100 == pytest.approx(ratio_expected * width_ratio, rel=0.03)
+
+
+def test_zero_shift_and_displacement_move_peaks():
+    d = 2.0
+    shifted = Renderer()(single_peak(d), only(zero_shift=(0.1, 0.1)))[0]
+    assert centroid(shifted, bragg(d) - 1, bragg(d) + 1) == pytest.approx(bragg(d) + 0.1, abs=0.005)
+    displaced = Renderer()(single_peak(d), only(displacement_mm=(0.2, 0.2)))[0]
+    theta = math.radians(bragg(d) / 2)
+    expected = bragg(d) + math.degrees(-2 * 0.2 * math.cos(theta) / 240.0)
+    assert centroid(displaced, bragg(d) - 1, bragg(d) + 1) == pytest.approx(expected, abs=0.005)
+
+
+def test_ka2_adds_a_half_intensity_peak_at_its_own_bragg_angle():
+    d = 1.2  # high angle: the doublet is resolved
+    pattern = Renderer()(single_peak(d), only(ka2_ratio=0.5))[0]
+    x = GRID.values()
+    p1 = float(pattern[(x - bragg(d, WAVELENGTHS["CuKa1"])).abs().argmin()])
+    p2 = float(pattern[(x - bragg(d, WAVELENGTHS["CuKa2"])).abs().argmin()])
+    assert p1 == pytest.approx(1.0, abs=0.02)
+    assert p2 == pytest.approx(0.5, abs=0.08)
+
+
+def test_background_noise_and_impurities_are_seeded_and_visible():
+    batch = make_batch(
+        [
+            (np.array([2.0]), np.array([100.0]), np.array([[1, 0, 0]])),
+            (np.array([3.0]), np.array([100.0]), np.array([[1, 0, 0]])),
+        ],
+        [np.eye(3) * 2.0, np.eye(3) * 3.0],
+        [6, 6],
+    )
+    augmentation = only(
+        background=(0.2, 0.2),
+        peak_counts=(1e3, 1e3),
+        impurity_fraction=(0.3, 0.3),
+        impurity_probability=1.0,
+    )
+    a = Renderer()(batch, augmentation, torch.Generator().manual_seed(5))
+    b = Renderer()(batch, augmentation, torch.Generator().manual_seed(5))
+    c = Renderer()(batch, augmentation, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    x = GRID.values()
+    far = (x - bragg(2.0)).abs() > 2
+    far &= (x - bragg(3.0)).abs() > 2
+    assert float(a[0][far].mean()) > 0.05  # background lifts the baseline
+    # Pattern 0 carries pattern 1's peak as an impurity.
+    assert float(a[0][(x - bragg(3.0)).abs() < 0.05].max()) > 0.1
+    # Poisson noise: neighbouring background points differ.
+    assert float(a[0][far].diff().abs().mean()) > 0
+
+
+def test_default_augmentation_renders_a_batch_of_real_patterns():
+    structure = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    sticks = stick_pattern(structure)
+    batch = make_batch(
+        [(sticks.d, sticks.intensity, sticks.hkl)] * 4, [structure.lattice.matrix] * 4, [6] * 4
+    )
+    out = Renderer()(batch, Augmentation(), torch.Generator().manual_seed(0))
+    assert out.shape == (4, 8500)
+    assert torch.all(out >= 0) and torch.allclose(out.amax(dim=1), torch.ones(4))
+    assert not torch.allclose(out[0], out[1])
