@@ -16,6 +16,7 @@ import yaml
 from nanoxtal import __version__
 from nanoxtal.data import DatasetError, datasets, get_dataset, import_dataset, verify
 from nanoxtal.data.registry import Dataset, manifest_entry, missing_files
+from nanoxtal.files import atomic_write
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -117,7 +118,6 @@ def _xrd_structures(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from nanoxtal.files import atomic_write
     from nanoxtal.xrd.structures import CRYSTAL_SYSTEMS, build_table, read_sources
 
     sources = list(read_sources(args.sources))
@@ -194,7 +194,6 @@ def _simulation_inputs(paths: Sequence[Path]) -> Iterator[tuple[str, object]]:
 def _xrd_simulate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from nanoxtal.files import atomic_write
     from nanoxtal.xrd.simulate import SimulationError, peak_table, stick_pattern
 
     wavelength = float(args.wavelength) if args.wavelength[0].isdigit() else args.wavelength
@@ -221,6 +220,153 @@ def _xrd_simulate(args: argparse.Namespace) -> int:
         table.to_parquet(partial, index=False)
     print(f"{len(patterns)} patterns ({len(table)} peaks) written to {args.out}; {failed} failed")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _trainer_settings(args: argparse.Namespace):
+    from nanoxtal.train import TrainerSettings
+
+    return TrainerSettings.from_mapping(args.trainer, {"seed": args.seed})
+
+
+def _xrd_train(args: argparse.Namespace) -> int:
+    from nanoxtal.xrd.training import TrainSettings, train_classifier
+
+    published = train_classifier(
+        args.structures,
+        args.peaks,
+        args.out_dir,
+        TrainSettings(**args.settings),
+        _trainer_settings(args),
+    )
+    print(f"trained model: {published}")
+    return EXIT_OK
+
+
+def _xrd_finetune(args: argparse.Namespace) -> int:
+    from nanoxtal.xrd.training import FinetuneSettings, finetune_classifier
+
+    published = finetune_classifier(
+        args.model,
+        args.measured,
+        args.out_dir,
+        FinetuneSettings(**args.settings),
+        _trainer_settings(args),
+    )
+    print(f"fine-tuned model: {published}")
+    return EXIT_OK
+
+
+def _xrd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from nanoxtal.plots import confusion_figure
+    from nanoxtal.xrd.evaluate import evaluate_models
+    from nanoxtal.xrd.structures import CRYSTAL_SYSTEMS
+
+    models = {}
+    for spec in args.model:
+        name, _, paths = spec.partition("=")
+        synthetic, _, finetuned = paths.partition(",")
+        models[name] = {"synthetic": Path(synthetic), "finetuned": Path(finetuned)}
+    metrics, matrices = evaluate_models(
+        models,
+        args.structures,
+        args.peaks,
+        args.measured,
+        args.fraction,
+        args.seed,
+        args.test_size,
+    )
+    for name, matrix in matrices.items():
+        confusion_figure(
+            matrix, CRYSTAL_SYSTEMS, name.replace("_", " "), args.figures / f"{name}.png"
+        )
+    with atomic_write(args.out) as partial:
+        partial.write_text(json.dumps(metrics, indent=2) + "\n")
+    for key, value in metrics.items():
+        if key.endswith("accuracy"):
+            print(f"{key}: {value:.3f}")
+    return EXIT_OK
+
+
+def _xrd_predict(args: argparse.Namespace) -> int:
+    from nanoxtal.xrd.evaluate import predict_files
+    from nanoxtal.xrd.module import load_classifier
+
+    if not args.model.is_file():
+        _error(f"model {args.model} not found: train one (snakemake) or give --model")
+        return EXIT_FAILED
+    table, errors = predict_files(
+        load_classifier(args.model), args.inputs, args.wavelength, args.min_confidence
+    )
+    for message in errors:
+        _error(message)
+    with atomic_write(args.out) as partial:
+        table.to_csv(partial, index=False)
+    print(f"{len(table)} patterns predicted into {args.out}; {len(errors)} files failed")
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def _add_xrd_model_commands(verbs: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--settings", type=_json_object, default={}, help="JSON of settings")
+    common.add_argument("--trainer", type=_json_object, default={}, help="JSON trainer settings")
+    common.add_argument("--seed", type=int, default=42)
+
+    train = verbs.add_parser("train", parents=[common], help="train a classifier on sticks")
+    train.add_argument("--structures", type=Path, required=True)
+    train.add_argument("--peaks", type=Path, required=True)
+    train.add_argument("--out-dir", type=Path, required=True, help="e.g. results/xrd/xrdnet")
+    train.set_defaults(func=_xrd_train)
+
+    tune = verbs.add_parser("finetune", parents=[common], help="fine-tune on measured patterns")
+    tune.add_argument("--model", type=Path, required=True, help="trained checkpoint")
+    tune.add_argument("--measured", type=Path, required=True, help="labelled .npz (RRUFF)")
+    tune.add_argument("--out-dir", type=Path, required=True)
+    tune.set_defaults(func=_xrd_finetune)
+
+    evaluate = verbs.add_parser("evaluate", help="metrics of trained models on fixed splits")
+    evaluate.add_argument(
+        "--model", action="append", required=True, metavar="NAME=SYNTHETIC,FINETUNED"
+    )
+    evaluate.add_argument("--structures", type=Path, required=True)
+    evaluate.add_argument("--peaks", type=Path, required=True)
+    evaluate.add_argument("--measured", type=Path, required=True)
+    evaluate.add_argument("--fraction", type=float, default=0.5, help="fine-tune share")
+    evaluate.add_argument("--seed", type=int, default=42)
+    evaluate.add_argument("--test-size", type=int, default=2048)
+    evaluate.add_argument("--out", type=Path, required=True, help="metrics .json")
+    evaluate.add_argument("--figures", type=Path, required=True, help="folder for figures")
+    evaluate.set_defaults(func=_xrd_evaluate)
+
+    predict = verbs.add_parser("predict", help="crystal system and space group of patterns")
+    predict.add_argument(
+        "inputs", nargs="+", type=Path, metavar="INPUT", help=".xy/.xye/.csv/.txt, .xrdml or .npz"
+    )
+    predict.add_argument("--out", type=Path, required=True, help="predictions .csv")
+    predict.add_argument("--model", type=Path, default=Path("results/xrd/models/best.ckpt"))
+    predict.add_argument(
+        "--wavelength", type=float, help="Å, for files that do not state it (default Cu Kα)"
+    )
+    predict.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.0,
+        help="mark predictions with a lower space-group probability abstained",
+    )
+    predict.set_defaults(func=_xrd_predict)
 
 
 def _add_xrd_commands(stages: argparse._SubParsersAction) -> None:
@@ -263,6 +409,7 @@ def _add_xrd_commands(stages: argparse._SubParsersAction) -> None:
     simulate.add_argument("--debye-waller", type=float, help="isotropic B for all atoms, Å²")
     simulate.add_argument("--no-progress", action="store_true")
     simulate.set_defaults(func=_xrd_simulate)
+    _add_xrd_model_commands(verbs)
 
 
 def build_parser() -> argparse.ArgumentParser:

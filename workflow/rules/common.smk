@@ -1,6 +1,7 @@
 # Helpers and input functions shared by the workflow files; no science here. The dataset registry
 # (what exists, where, which checksums) is the package's, so the workflow and the CLI agree.
 
+import json
 import os
 from pathlib import Path
 
@@ -64,9 +65,37 @@ def debye_waller_option():
     return "" if b is None else f"--debye-waller {b}"
 
 
+XRD_ARCHITECTURES = list(config["xrd"]["train"]["architectures"])
+# Measured patterns the published XRD model is run on at the end of the workflow.
+XRD_MEASURED = ["xrd_autoanalyzer", "xrd_alab"]
+
+
+def trainer_settings(epochs):
+    """JSON of the shared `trainer` config block with a stage's number of epochs."""
+    return json.dumps({**config["trainer"], "max_epochs": epochs})
+
+
+def xrd_train_settings(arch):
+    """JSON of nanoxtal.xrd.training.TrainSettings for one architecture."""
+    block = dict(config["xrd"]["train"])
+    arch_kwargs = block.pop("arch_kwargs").get(arch, {})
+    for key in ("architectures", "epochs"):
+        block.pop(key)
+    return json.dumps({**block, "arch": arch, "arch_kwargs": arch_kwargs})
+
+
+def xrd_finetune_settings():
+    """nanoxtal.xrd.training.FinetuneSettings from the `xrd.finetune` block."""
+    return {k: v for k, v in config["xrd"]["finetune"].items() if k != "epochs"}
+
+
 def all_targets():
     """Final outputs of the default run (grows as stages land)."""
     targets = [dataset_dir(name) for name in DATASET_NAMES]
     if "xrd_mp" in DATASET_NAMES:
         targets += ["results/xrd/peaks.parquet", "results/xrd/structures_summary.json"]
+        if "xrd_rruff" in DATASET_NAMES:
+            targets += ["results/xrd/metrics.json", "results/xrd/models/best.ckpt"]
+            if any(name in DATASET_NAMES for name in XRD_MEASURED):
+                targets.append("results/xrd/predictions/measured.csv")
     return targets

@@ -1,4 +1,9 @@
-# XRD stage: structures (symmetry, labels, formula split) and simulated stick patterns.
+# XRD stage: structures (symmetry, labels, formula split), simulated stick patterns, classifiers
+# trained on patterns rendered on the fly, fine-tuned on RRUFF, evaluated, and applied.
+
+
+wildcard_constraints:
+    arch="xrdnet|npcnn",
 
 
 rule xrd_structures:
@@ -55,3 +60,127 @@ rule xrd_simulate:
         "nanoxtal xrd simulate {input:q} --out {output:q}"
         " --wavelength {params.settings[wavelength]} --two-theta {params.two_theta}"
         " {params.debye_waller} > {log:q} 2>&1"
+
+
+rule xrd_train:
+    input:
+        structures=rules.xrd_structures.output.table,
+        peaks=rules.xrd_simulate.output[0],
+    output:
+        "results/xrd/{arch}/models/best.ckpt",
+    params:
+        out_dir=lambda wildcards, output: Path(output[0]).parent.parent,
+        settings=lambda wildcards: xrd_train_settings(wildcards.arch),
+        trainer=trainer_settings(config["xrd"]["train"]["epochs"]),
+        seed=config["seed"],
+    log:
+        "logs/xrd/train_{arch}.log",
+    benchmark:
+        "results/benchmarks/xrd/train_{arch}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=480,
+        gpu=0,  # GPUs per job on a cluster: set in the profile (profiles/slurm)
+    conda:
+        "../../envs/xrd.yaml"
+    shell:
+        "nanoxtal xrd train --structures {input.structures:q} --peaks {input.peaks:q}"
+        " --out-dir {params.out_dir:q} --settings {params.settings:q}"
+        " --trainer {params.trainer:q} --seed {params.seed} > {log:q} 2>&1"
+
+
+rule xrd_finetune:
+    input:
+        model=rules.xrd_train.output[0],
+        measured=dataset_dir("xrd_rruff"),
+    output:
+        "results/xrd/{arch}/finetune/models/best.ckpt",
+    params:
+        measured=lambda wildcards, input: f"{input.measured}/rruff_dev.npz",
+        out_dir=lambda wildcards, output: Path(output[0]).parent.parent,
+        settings=json.dumps(xrd_finetune_settings()),
+        trainer=trainer_settings(config["xrd"]["finetune"]["epochs"]),
+        seed=config["seed"],
+    log:
+        "logs/xrd/finetune_{arch}.log",
+    benchmark:
+        "results/benchmarks/xrd/finetune_{arch}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=0,  # GPUs per job on a cluster: set in the profile (profiles/slurm)
+    conda:
+        "../../envs/xrd.yaml"
+    shell:
+        "nanoxtal xrd finetune --model {input.model:q} --measured {params.measured:q}"
+        " --out-dir {params.out_dir:q} --settings {params.settings:q}"
+        " --trainer {params.trainer:q} --seed {params.seed} > {log:q} 2>&1"
+
+
+rule xrd_evaluate:
+    input:
+        synthetic=expand(rules.xrd_train.output[0], arch=XRD_ARCHITECTURES),
+        finetuned=expand(rules.xrd_finetune.output[0], arch=XRD_ARCHITECTURES),
+        structures=rules.xrd_structures.output.table,
+        peaks=rules.xrd_simulate.output[0],
+        measured=dataset_dir("xrd_rruff"),
+    output:
+        metrics="results/xrd/metrics.json",
+        figures=directory("results/xrd/figures"),
+    params:
+        models=lambda wildcards, input: " ".join(
+            f"--model {arch}={synthetic},{finetuned}"
+            for arch, synthetic, finetuned in zip(
+                XRD_ARCHITECTURES, input.synthetic, input.finetuned
+            )
+        ),
+        measured=lambda wildcards, input: f"{input.measured}/rruff_dev.npz",
+        fraction=config["xrd"]["finetune"]["fraction"],
+        test_size=config["xrd"]["evaluate"]["test_size"],
+        seed=config["seed"],
+    log:
+        "logs/xrd/evaluate.log",
+    benchmark:
+        "results/benchmarks/xrd/evaluate.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/xrd.yaml"
+    shell:
+        "nanoxtal xrd evaluate {params.models} --structures {input.structures:q}"
+        " --peaks {input.peaks:q} --measured {params.measured:q} --fraction {params.fraction}"
+        " --test-size {params.test_size} --seed {params.seed} --out {output.metrics:q}"
+        " --figures {output.figures:q} > {log:q} 2>&1"
+
+
+rule xrd_publish:
+    input:
+        expand(rules.xrd_finetune.output[0], arch=config["xrd"]["primary"]),
+    output:
+        "results/xrd/models/best.ckpt",
+    log:
+        "logs/xrd/publish.log",
+    localrule: True
+    conda:
+        "../../envs/xrd.yaml"
+    shell:
+        "cp {input:q} {output:q} > {log:q} 2>&1"
+
+
+rule xrd_predict_measured:
+    input:
+        model=rules.xrd_publish.output[0],
+        patterns=[dataset_dir(name) for name in XRD_MEASURED if name in DATASET_NAMES],
+    output:
+        "results/xrd/predictions/measured.csv",
+    log:
+        "logs/xrd/predict_measured.log",
+    conda:
+        "../../envs/xrd.yaml"
+    shell:
+        "nanoxtal xrd predict $(find {input.patterns:q} -name '*.xy' -o -name '*.xrdml' | sort)"
+        " --model {input.model:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,252 @@
+"""Evaluate and apply the XRD classifiers: metrics, the nearest-neighbour floor, predictions."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nanoxtal.xrd.datamodule import RenderCollate, XrdDataModule
+from nanoxtal.xrd.io import PatternReadError, read_patterns, to_grid
+from nanoxtal.xrd.module import XrdClassifier, load_classifier
+from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS
+from nanoxtal.xrd.render import Augmentation
+from nanoxtal.xrd.structures import CRYSTAL_SYSTEMS
+from nanoxtal.xrd.training import measured_set, rruff_split
+
+
+def accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Share of exact predictions."""
+    return float(np.mean(truth == predicted)) if len(truth) else float("nan")
+
+
+def top_k_accuracy(truth: np.ndarray, probabilities: np.ndarray, k: int, offset: int = 0) -> float:
+    """Share of cases whose true class is among the k most probable (labels = index + offset)."""
+    top = np.argsort(-probabilities, axis=1)[:, :k] + offset
+    return float(np.mean([t in row for t, row in zip(truth, top, strict=True)]))
+
+
+def macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Unweighted mean F1 over the classes present in ``truth``."""
+    scores = []
+    for label in np.unique(truth):
+        tp = np.sum((predicted == label) & (truth == label))
+        fp = np.sum((predicted == label) & (truth != label))
+        fn = np.sum((predicted != label) & (truth == label))
+        scores.append(2 * tp / max(2 * tp + fp + fn, 1))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def confusion(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """Counts (truth row, prediction column) for labels 0..classes-1."""
+    matrix = np.zeros((classes, classes), dtype=int)
+    np.add.at(matrix, (truth, predicted), 1)
+    return matrix
+
+
+def nearest_neighbour(reference: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Row of ``reference`` with the highest cosine similarity to each query."""
+    a = reference / np.linalg.norm(reference, axis=1, keepdims=True).clip(1e-12)
+    b = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
+    return np.argmax(b @ a.T, axis=1)
+
+
+@torch.no_grad()
+def probabilities(
+    model: XrdClassifier, patterns: np.ndarray | torch.Tensor, batch_size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities of crystal systems (N, 7) and space groups (N, 230)."""
+    model.eval()
+    device = next(model.parameters()).device
+    patterns = torch.as_tensor(patterns, dtype=torch.float32)
+    cs, sg = [], []
+    for start in range(0, len(patterns), batch_size):
+        cs_logits, sg_logits = model(patterns[start : start + batch_size].to(device))
+        cs.append(torch.softmax(cs_logits, 1).cpu())
+        sg.append(torch.softmax(sg_logits, 1).cpu())
+    return torch.cat(cs).numpy(), torch.cat(sg).numpy()
+
+
+def scores(
+    crystal_system: np.ndarray,
+    space_group: np.ndarray,
+    p_crystal_system: np.ndarray,
+    p_space_group: np.ndarray,
+) -> dict[str, float]:
+    """Accuracy, top-5 accuracy and macro-F1 of both tasks."""
+    cs_pred = p_crystal_system.argmax(1)
+    sg_pred = p_space_group.argmax(1) + 1
+    return {
+        "crystal_system_accuracy": accuracy(crystal_system, cs_pred),
+        "crystal_system_top2_accuracy": top_k_accuracy(crystal_system, p_crystal_system, 2),
+        "crystal_system_macro_f1": macro_f1(crystal_system, cs_pred),
+        "space_group_accuracy": accuracy(space_group, sg_pred),
+        "space_group_top5_accuracy": top_k_accuracy(space_group, p_space_group, 5, offset=1),
+        "space_group_macro_f1": macro_f1(space_group, sg_pred),
+    }
+
+
+def render_split(
+    data: XrdDataModule,
+    name: str,
+    augmentation: Augmentation,
+    seed: int,
+    rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render a split (or its ``rows``) once with a fixed seed: patterns and both labels."""
+    subset = data.subset(name)
+    if rows is not None:
+        subset = subset.subset(rows)
+    collate = RenderCollate(subset, data.renderer, augmentation, seed, fixed=True)
+    batches = [
+        collate(list(range(i, min(i + 256, len(subset))))) for i in range(0, len(subset), 256)
+    ]
+    return (
+        torch.cat([b["pattern"] for b in batches]).numpy(),
+        subset.crystal_system,
+        subset.space_group,
+    )
+
+
+def evaluate_models(
+    models: dict[str, dict[str, Path]],
+    structures: Path | str,
+    peaks: Path | str,
+    measured: Path | str,
+    fraction: float,
+    seed: int,
+    test_size: int | None = 2048,
+    strain: float = 0.03,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """All XRD metrics for every model, on fixed splits.
+
+    Protocols: (a) the held-out part of the measured set (``rruff_split`` with ``fraction`` and
+    ``seed``), with and without fine-tuning, beside the cosine 1-nearest-neighbour lookup into the
+    fine-tune part (the floor); (b) the Materials Project test split (formulas never trained on),
+    rendered with experimental effects; (c) the cubic structures of the test split with lattice
+    strain up to ``strain``.
+
+    Args:
+        models: Per model name: ``{"synthetic": ckpt, "finetuned": ckpt}``.
+        structures: Structure table.
+        peaks: Peak table.
+        measured: Labelled measured set (``rruff_dev.npz``).
+        fraction: Fine-tune share of the measured set.
+        seed: The seed of all splits and renders.
+        test_size: Test structures evaluated (seeded subset); ``None`` for all.
+        strain: Largest lattice strain of protocol (c).
+
+    Returns:
+        Flat metrics (name → value, with split sizes) and confusion matrices by name.
+    """
+    patterns, cs, sg = measured_set(measured)
+    tune, held = rruff_split(len(patterns), fraction, seed)
+    metrics: dict[str, Any] = {
+        "rruff_seed": seed,
+        "rruff_finetune_fraction": fraction,
+        "rruff_finetune_size": len(tune),
+        "rruff_heldout_size": len(held),
+    }
+    matrices: dict[str, np.ndarray] = {}
+    nearest = tune[nearest_neighbour(patterns[tune], patterns[held])]
+    metrics["rruff_heldout/nearest_neighbour/crystal_system_accuracy"] = accuracy(
+        cs[held], cs[nearest]
+    )
+    metrics["rruff_heldout/nearest_neighbour/space_group_accuracy"] = accuracy(
+        sg[held], sg[nearest]
+    )
+
+    data = XrdDataModule(str(structures), str(peaks), val_size=test_size, seed=seed)
+    data.setup()
+    test = render_split(data, "test", data.augmentation(evaluation=True), seed)
+    cubic_rows = np.flatnonzero(data.subset("test").crystal_system == 6)
+    strained = Augmentation(
+        **{**asdict(data.augmentation(evaluation=True)), "lattice_strain": (-strain, strain)}
+    )
+    cubic = render_split(data, "test", strained, seed + 7, cubic_rows)
+    metrics["mp_test_size"] = len(test[0])
+    metrics["strained_cubic_size"] = len(cubic_rows)
+    metrics["strained_cubic_max_strain"] = strain
+
+    for name, checkpoints in models.items():
+        for variant, path in checkpoints.items():
+            model = load_classifier(path)
+            p_cs, p_sg = probabilities(model, patterns[held])
+            for key, value in scores(cs[held], sg[held], p_cs, p_sg).items():
+                metrics[f"rruff_heldout/{name}/{variant}/{key}"] = value
+            matrices[f"rruff_heldout_{name}_{variant}_crystal_system"] = confusion(
+                cs[held], p_cs.argmax(1), N_CRYSTAL_SYSTEMS
+            )
+            if variant != "synthetic":
+                continue
+            p_cs, p_sg = probabilities(model, test[0])
+            for key, value in scores(test[1], test[2], p_cs, p_sg).items():
+                metrics[f"mp_test/{name}/{key}"] = value
+            matrices[f"mp_test_{name}_crystal_system"] = confusion(
+                test[1], p_cs.argmax(1), N_CRYSTAL_SYSTEMS
+            )
+            if len(cubic_rows):
+                p_cs, _ = probabilities(model, cubic[0])
+                metrics[f"strained_cubic/{name}/crystal_system_accuracy"] = accuracy(
+                    cubic[1], p_cs.argmax(1)
+                )
+    return metrics, matrices
+
+
+def predict_files(
+    model: XrdClassifier,
+    inputs: list[Path],
+    assumed_wavelength: float | None = None,
+    min_confidence: float = 0.0,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Predict every pattern of every input file; unreadable files are reported, not fatal.
+
+    Args:
+        model: The classifier.
+        inputs: Pattern files (any format ``read_patterns`` knows).
+        assumed_wavelength: Wavelength (Å) of files that do not state theirs.
+        min_confidence: Below this space-group probability the prediction is marked abstained.
+
+    Returns:
+        One row per pattern (``source, index, crystal_system, space_group, p_crystal_system,
+        p_space_group``, top-5 space groups with probabilities, coverage, abstained) and the
+        error messages of the files that could not be read.
+    """
+    rows, errors, grids = [], [], []
+    for path in inputs:
+        try:
+            measured = read_patterns(path)
+        except PatternReadError as error:
+            errors.append(str(error))
+            continue
+        for pattern in measured:
+            grid, coverage = to_grid(pattern, assumed_wavelength=assumed_wavelength)
+            grids.append(grid)
+            rows.append({"source": pattern.source, "index": pattern.index, "coverage": coverage})
+    if not rows:
+        return pd.DataFrame(), errors
+    p_cs, p_sg = probabilities(model, np.stack(grids))
+    top = np.argsort(-p_sg, axis=1)[:, :5]
+    for i, row in enumerate(rows):
+        row["crystal_system"] = CRYSTAL_SYSTEMS[int(p_cs[i].argmax())]
+        row["space_group"] = int(top[i, 0]) + 1
+        row["p_crystal_system"] = float(p_cs[i].max())
+        row["p_space_group"] = float(p_sg[i, top[i, 0]])
+        for k in range(5):
+            row[f"space_group_{k + 1}"] = int(top[i, k]) + 1
+            row[f"p_space_group_{k + 1}"] = float(p_sg[i, top[i, k]])
+        row["abstained"] = row["p_space_group"] < min_confidence
+    columns = [
+        "source",
+        "index",
+        "crystal_system",
+        "space_group",
+        "p_crystal_system",
+        "p_space_group",
+    ]
+    table = pd.DataFrame(rows)
+    return table[columns + [c for c in table.columns if c not in columns]], errors

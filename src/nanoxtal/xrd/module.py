@@ -1,0 +1,132 @@
+"""The XRD training system: a network, two classification losses, metrics, optimiser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS, N_SPACE_GROUPS, build_net
+
+
+def class_weights(labels: torch.Tensor, classes: int, power: float = 0.5) -> torch.Tensor:
+    """Loss weights ∝ frequency^-power (classes never seen get the largest weight), mean 1.
+
+    Inverse square-root frequency (power 0.5) counters the imbalance of space groups (a few
+    hold most structures) without letting single examples dominate.
+    """
+    counts = torch.bincount(labels, minlength=classes).double().clamp_min(1.0)
+    weights = counts**-power
+    return (weights / weights.mean()).float()
+
+
+class XrdClassifier(pl.LightningModule):
+    """Predicts the crystal system (7) and space group (230) of powder patterns.
+
+    Args:
+        net: Network returning ``(crystal_system_logits, space_group_logits)``.
+        arch: How ``net`` was built (``{"name": ..., **kwargs}``), kept so a checkpoint can
+            rebuild it (``load_classifier``).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        label_smoothing: Label smoothing of both cross-entropies.
+        space_group_weight: Weight of the space-group loss against the crystal-system loss.
+        crystal_system_weights: Per-class loss weights (7,), or ``None``.
+        space_group_weights: Per-class loss weights (230,), or ``None``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        arch: dict[str, Any],
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        label_smoothing: float = 0.05,
+        space_group_weight: float = 1.0,
+        crystal_system_weights: torch.Tensor | None = None,
+        space_group_weights: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "crystal_system_weights", "space_group_weights"])
+        self.net = net
+        cs = (
+            torch.ones(N_CRYSTAL_SYSTEMS)
+            if crystal_system_weights is None
+            else crystal_system_weights
+        )
+        sg = torch.ones(N_SPACE_GROUPS) if space_group_weights is None else space_group_weights
+        self.register_buffer("crystal_system_weights", cs.float())
+        self.register_buffer("space_group_weights", sg.float())
+
+    def forward(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits for patterns (B, points)."""
+        return self.net(patterns)
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        cs_logits, sg_logits = self(batch["pattern"])
+        cs_loss = nn.functional.cross_entropy(
+            cs_logits,
+            batch["crystal_system"],
+            self.crystal_system_weights,
+            label_smoothing=self.hparams.label_smoothing,
+        )
+        sg_loss = nn.functional.cross_entropy(
+            sg_logits,
+            batch["space_group"] - 1,
+            self.space_group_weights,
+            label_smoothing=self.hparams.label_smoothing,
+        )
+        loss = cs_loss + self.hparams.space_group_weight * sg_loss
+        size = len(batch["pattern"])
+        cs_acc = (cs_logits.argmax(1) == batch["crystal_system"]).float().mean()
+        sg_acc = (sg_logits.argmax(1) + 1 == batch["space_group"]).float().mean()
+        on_step = stage == "train"
+        self.log(
+            f"{stage}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=size
+        )
+        self.log(
+            f"{stage}_acc_crystal_system",
+            cs_acc,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=True,
+            batch_size=size,
+        )
+        self.log(
+            f"{stage}_acc_space_group",
+            sg_acc,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=True,
+            batch_size=size,
+        )
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Weighted cross-entropies of both heads."""
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Validation loss and accuracies."""
+        self._step(batch, "val")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW with a cosine decay over the run."""
+        optimiser = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        steps = self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, int(steps)))
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def load_classifier(checkpoint: Path | str, map_location: str = "cpu") -> XrdClassifier:
+    """Load a trained classifier; the network is rebuilt from the checkpoint's ``arch``."""
+    state = torch.load(checkpoint, map_location=map_location, weights_only=True)
+    arch = dict(state["hyper_parameters"]["arch"])
+    net = build_net(arch.pop("name"), **arch)
+    model = XrdClassifier.load_from_checkpoint(checkpoint, net=net, map_location=map_location)
+    return model.eval()
