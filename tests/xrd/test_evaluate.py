@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nanoxtal.xrd.evaluate import accuracy, confusion, macro_f1, nearest_neighbour, top_k_accuracy
+
+
+def test_accuracy_top_k_and_macro_f1_on_hand_computed_cases():
+    truth = np.array([0, 0, 1, 2])
+    predicted = np.array([0, 1, 1, 2])
+    assert accuracy(truth, predicted) == 0.75
+    # F1: class 0 = 2/3, class 1 = 2/3, class 2 = 1.
+    assert macro_f1(truth, predicted) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    p = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1]])
+    assert top_k_accuracy(truth, p, 1) == 0.25  # top-1: [0, 1, 2, 0]
+    assert top_k_accuracy(truth, p, 2) == 0.5  # rows 0 and 2 hold the truth in their top 2
+    assert top_k_accuracy(truth + 1, p, 1, offset=1) == 0.25
+    assert confusion(truth, predicted, 3).tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def test_nearest_neighbour_uses_cosine_similarity():
+    reference = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    queries = np.array([[10.0, 0.1], [0.2, 3.0], [2.0, 2.1]])
+    assert nearest_neighbour(reference, queries).tolist() == [0, 1, 2]

@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nanoxtal.cli import main
+from nanoxtal.train import TrainerSettings
+from nanoxtal.xrd.datamodule import XrdDataModule
+from nanoxtal.xrd.evaluate import predict_files
+from nanoxtal.xrd.module import class_weights, load_classifier
+from nanoxtal.xrd.training import (
+    FinetuneSettings,
+    TrainSettings,
+    finetune_classifier,
+    rruff_split,
+    train_classifier,
+)
+
+SMALL = {
+    "arch": "xrdnet",
+    "arch_kwargs": {"width": 8, "hidden": 32},
+    "batch_size": 4,
+    "train_per_epoch": 6,
+    "val_size": 3,
+}
+CPU = TrainerSettings(max_epochs=1, accelerator="cpu", seed=3)
+
+
+def test_class_weights_favour_rare_classes():
+    weights = class_weights(torch.tensor([0, 0, 0, 0, 1]), 3)
+    assert weights[1] > weights[0] and weights[2] >= weights[1]
+    assert float(weights.mean()) == pytest.approx(1.0)
+
+
+def test_datamodule_renders_fresh_training_and_fixed_validation(tiny_tables):
+    structures, peaks, table = tiny_tables
+    data = XrdDataModule(str(structures), str(peaks), batch_size=4, train_per_epoch=4, seed=0)
+    data.setup()
+    assert {k: len(v) for k, v in data.splits.items()} == table["split"].value_counts().to_dict()
+    first = next(iter(data.val_dataloader()))
+    again = next(iter(data.val_dataloader()))
+    assert torch.equal(first["pattern"], again["pattern"])
+    loader = data.train_dataloader()
+    a, b = next(iter(loader))["pattern"], next(iter(loader))["pattern"]
+    assert a.shape[1] == 8500 and not torch.equal(a, b)
+
+
+def test_train_finetune_predict_round_trip(tmp_path, tiny_tables, tiny_measured):
+    structures, peaks, _ = tiny_tables
+    trained = train_classifier(structures, peaks, tmp_path / "xrdnet", TrainSettings(**SMALL), CPU)
+    assert trained == tmp_path / "xrdnet" / "models" / "best.ckpt" and trained.is_file()
+    model = load_classifier(trained)
+    assert model.hparams.arch["width"] == 8
+
+    tuned = finetune_classifier(
+        trained,
+        tiny_measured,
+        tmp_path / "xrdnet" / "finetune",
+        FinetuneSettings(batch_size=8),
+        CPU,
+    )
+    split = json.loads((tmp_path / "xrdnet" / "finetune" / "split.json").read_text())
+    assert not set(split["finetune_rows"]) & set(split["held_out_rows"])
+    assert len(split["finetune_rows"]) + len(split["held_out_rows"]) == 48
+
+    table, errors = predict_files(
+        load_classifier(tuned), [tiny_measured, tmp_path / "x.xy"], min_confidence=1.01
+    )
+    assert len(table) == 48 and errors and "x.xy" in errors[0]
+    assert table["abstained"].all()
+    assert table["space_group"].between(1, 230).all()
+    probabilities = table[[f"p_space_group_{k}" for k in range(1, 6)]].to_numpy()
+    assert np.all(np.diff(probabilities, axis=1) <= 0)
+
+
+def test_rruff_split_is_seeded_disjoint_and_complete():
+    tune, held = rruff_split(10, 0.5, seed=1)
+    again, _ = rruff_split(10, 0.5, seed=1)
+    assert np.array_equal(tune, again) and len(tune) == 5
+    assert sorted(np.concatenate([tune, held]).tolist()) == list(range(10))
+    assert not np.array_equal(rruff_split(10, 0.5, seed=2)[0], tune)
+
+
+def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
+    structures, peaks, _ = tiny_tables
+    common = ["--trainer", json.dumps({"max_epochs": 1, "accelerator": "cpu"}), "--seed", "3"]
+    assert (
+        main(
+            [
+                "xrd",
+                "train",
+                "--structures",
+                str(structures),
+                "--peaks",
+                str(peaks),
+                "--out-dir",
+                str(tmp_path / "m"),
+                "--settings",
+                json.dumps(SMALL),
+                *common,
+            ]
+        )
+        == 0
+    )
+    model = tmp_path / "m" / "models" / "best.ckpt"
+    assert (
+        main(
+            [
+                "xrd",
+                "finetune",
+                "--model",
+                str(model),
+                "--measured",
+                str(tiny_measured),
+                "--out-dir",
+                str(tmp_path / "m" / "ft"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    tuned = tmp_path / "m" / "ft" / "models" / "best.ckpt"
+    assert (
+        main(
+            [
+                "xrd",
+                "evaluate",
+                "--model",
+                f"tiny={model},{tuned}",
+                "--structures",
+                str(structures),
+                "--peaks",
+                str(peaks),
+                "--measured",
+                str(tiny_measured),
+                "--seed",
+                "3",
+                "--test-size",
+                "8",
+                "--out",
+                str(tmp_path / "metrics.json"),
+                "--figures",
+                str(tmp_path / "figures"),
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["rruff_heldout_size"] == 24 and metrics["rruff_finetune_size"] == 24
+    # Every held-out crystal has three sibling renders in the fine-tune part: the lookup floor.
+    assert metrics["rruff_heldout/nearest_neighbour/space_group_accuracy"] > 0.5
+    for key in (
+        "rruff_heldout/tiny/finetuned/space_group_accuracy",
+        "mp_test/tiny/crystal_system_accuracy",
+    ):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert (tmp_path / "figures" / "rruff_heldout_tiny_finetuned_crystal_system.png").is_file()
+    out = tmp_path / "predictions.csv"
+    assert (
+        main(["xrd", "predict", str(tiny_measured), "--model", str(tuned), "--out", str(out)]) == 0
+    )
+    assert list(pd.read_csv(out).columns[:6]) == [
+        "source",
+        "index",
+        "crystal_system",
+        "space_group",
+        "p_crystal_system",
+        "p_space_group",
+    ]
+    assert (
+        main(
+            [
+                "xrd",
+                "predict",
+                str(tiny_measured),
+                "--model",
+                str(tmp_path / "no.ckpt"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
