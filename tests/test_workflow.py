@@ -154,6 +154,25 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     )
     peaks = pd.read_parquet(workdir / "results" / "xrd" / "peaks.parquet")
     assert peaks["id"].nunique() == summary["kept"]
-    for log in ("data/import_xrd_mp.log", "xrd/structures.log", "xrd/simulate.log"):
+    for log in (
+        "data/import_xrd_mp.log",
+        "xrd/structures.log",
+        "xrd/simulate.log",
+        "xrd/train_xrdnet.log",
+        "xrd/finetune_xrdnet.log",
+        "xrd/evaluate.log",
+    ):
         assert (workdir / "logs" / log).is_file(), log
     assert (workdir / "results" / "benchmarks" / "xrd" / "simulate.tsv").is_file()
+    metrics = json.loads((workdir / "results" / "xrd" / "metrics.json").read_text())
+    assert metrics["rruff_heldout_size"] + metrics["rruff_finetune_size"] == 454
+    for key in (
+        "rruff_heldout/nearest_neighbour/space_group_accuracy",
+        "rruff_heldout/xrdnet/synthetic/crystal_system_accuracy",
+        "rruff_heldout/xrdnet/finetuned/space_group_top5_accuracy",
+        "mp_test/xrdnet/space_group_macro_f1",
+    ):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert (workdir / "results" / "xrd" / "models" / "best.ckpt").is_file()
+    predictions = pd.read_csv(workdir / "results" / "xrd" / "predictions" / "measured.csv")
+    assert len(predictions) == 8  # the autoanalyzer .xy files of the test config

@@ -271,9 +271,7 @@ def _xrd_finetune(args: argparse.Namespace) -> int:
 def _xrd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from nanoxtal.plots import confusion_figure
-    from nanoxtal.xrd.evaluate import evaluate_models
-    from nanoxtal.xrd.structures import CRYSTAL_SYSTEMS
+    from nanoxtal.xrd.evaluate import evaluate_models, write_confusion_figures
 
     models = {}
     for spec in args.model:
@@ -289,10 +287,7 @@ def _xrd_evaluate(args: argparse.Namespace) -> int:
         args.seed,
         args.test_size,
     )
-    for name, matrix in matrices.items():
-        confusion_figure(
-            matrix, CRYSTAL_SYSTEMS, name.replace("_", " "), args.figures / f"{name}.png"
-        )
+    write_confusion_figures(matrices, args.figures)
     with atomic_write(args.out) as partial:
         partial.write_text(json.dumps(metrics, indent=2) + "\n")
     for key, value in metrics.items():

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nanoxtal.plots import confusion_figure
 from nanoxtal.xrd.datamodule import RenderCollate, XrdDataModule
 from nanoxtal.xrd.io import PatternReadError, read_patterns, to_grid
 from nanoxtal.xrd.module import XrdClassifier, load_classifier
@@ -195,6 +196,16 @@ def evaluate_models(
                     cubic[1], p_cs.argmax(1)
                 )
     return metrics, matrices
+
+
+def write_confusion_figures(matrices: dict[str, np.ndarray], folder: Path | str) -> list[Path]:
+    """One crystal-system confusion-matrix figure per entry of ``matrices``, as ``<name>.png``."""
+    return [
+        confusion_figure(
+            matrix, CRYSTAL_SYSTEMS, name.replace("_", " "), Path(folder) / f"{name}.png"
+        )
+        for name, matrix in matrices.items()
+    ]
 
 
 def predict_files(
