@@ -271,14 +271,14 @@ def _xrd_finetune(args: argparse.Namespace) -> int:
 def _xrd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from nanoxtal.xrd.evaluate import evaluate_models, write_confusion_figures
+    from nanoxtal.xrd.evaluate import evaluate_models
 
     models = {}
     for spec in args.model:
         name, _, paths = spec.partition("=")
         synthetic, _, finetuned = paths.partition(",")
         models[name] = {"synthetic": Path(synthetic), "finetuned": Path(finetuned)}
-    metrics, matrices = evaluate_models(
+    metrics = evaluate_models(
         models,
         args.structures,
         args.peaks,
@@ -286,8 +286,8 @@ def _xrd_evaluate(args: argparse.Namespace) -> int:
         args.fraction,
         args.seed,
         args.test_size,
+        figures=args.figures,
     )
-    write_confusion_figures(matrices, args.figures)
     with atomic_write(args.out) as partial:
         partial.write_text(json.dumps(metrics, indent=2) + "\n")
     for key, value in metrics.items():

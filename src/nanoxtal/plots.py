@@ -1,4 +1,4 @@
-"""Shared figures: confusion matrices (more to come: parity plots, overlays, histograms)."""
+"""Shared figures: confusion matrices, pattern attributions (more to come: parity, overlays)."""
 
 from __future__ import annotations
 
@@ -44,4 +44,43 @@ def confusion_figure(
     path = Path(path)
     with atomic_write(path) as partial:
         figure.savefig(partial, dpi=120, format=path.suffix.lstrip(".") or "png")
+    return path
+
+
+def attribution_figure(
+    x: np.ndarray,
+    patterns: np.ndarray,
+    attributions: np.ndarray,
+    titles: Sequence[str],
+    path: Path | str,
+    x_label: str = "2θ (degrees)",
+) -> Path:
+    """Save one panel per pattern: the pattern, and beneath it what drove the prediction.
+
+    Args:
+        x: Abscissa of the patterns (n_points,).
+        patterns: Patterns (n, n_points).
+        attributions: Attribution of each point (n, n_points), e.g. gradient × input; positive
+            values pushed the prediction up.
+        titles: A title per panel.
+        path: Output image.
+        x_label: Abscissa label.
+    """
+    n = len(patterns)
+    figure = Figure(figsize=(10, 2.6 * n))
+    axes = figure.subplots(2 * n, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1] * n})
+    for i in range(n):
+        top, bottom = axes[2 * i], axes[2 * i + 1]
+        top.plot(x, patterns[i], color="black", linewidth=0.6)
+        top.set_title(titles[i], fontsize=9)
+        top.set_ylabel("intensity")
+        scale = np.abs(attributions[i]).max() or 1.0
+        bottom.fill_between(x, attributions[i] / scale, color="tab:red", linewidth=0)
+        bottom.set_ylim(-1.05, 1.05)
+        bottom.set_ylabel("attribution")
+    axes[-1].set_xlabel(x_label)
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_write(path) as partial:
+        figure.savefig(partial, dpi=110, format=path.suffix.lstrip(".") or "png")
     return path

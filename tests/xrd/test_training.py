@@ -159,6 +159,7 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
     ):
         assert 0.0 <= metrics[key] <= 1.0
     assert (tmp_path / "figures" / "rruff_heldout_tiny_finetuned_crystal_system.png").is_file()
+    assert (tmp_path / "figures" / "attribution_tiny_finetuned.png").is_file()
     out = tmp_path / "predictions.csv"
     assert (
         main(["xrd", "predict", str(tiny_measured), "--model", str(tuned), "--out", str(out)]) == 0

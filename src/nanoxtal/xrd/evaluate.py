@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nanoxtal.plots import confusion_figure
+from nanoxtal.plots import attribution_figure, confusion_figure
 from nanoxtal.xrd.datamodule import RenderCollate, XrdDataModule
 from nanoxtal.xrd.io import PatternReadError, read_patterns, to_grid
 from nanoxtal.xrd.module import XrdClassifier, load_classifier
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS
-from nanoxtal.xrd.render import Augmentation
+from nanoxtal.xrd.render import Augmentation, Grid
 from nanoxtal.xrd.structures import CRYSTAL_SYSTEMS
 from nanoxtal.xrd.training import measured_set, rruff_split
 
@@ -91,6 +91,22 @@ def scores(
     }
 
 
+def gradient_times_input(
+    model: XrdClassifier, patterns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Attribution of each 2θ point to the predicted space group: ∂logit/∂x · x.
+
+    Returns:
+        The attributions (N, points) and the predicted space groups (N,).
+    """
+    model.eval()
+    x = torch.as_tensor(patterns, dtype=torch.float32).requires_grad_(True)
+    _, logits = model(x)
+    predicted = logits.argmax(1)
+    logits.gather(1, predicted[:, None]).sum().backward()
+    return (x.grad * x).detach().numpy(), predicted.numpy() + 1
+
+
 def render_split(
     data: XrdDataModule,
     name: str,
@@ -122,7 +138,9 @@ def evaluate_models(
     seed: int,
     test_size: int | None = 2048,
     strain: float = 0.03,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    figures: Path | str | None = None,
+    explained: int = 4,
+) -> dict[str, Any]:
     """All XRD metrics for every model, on fixed splits.
 
     Protocols: (a) the held-out part of the measured set (``rruff_split`` with ``fraction`` and
@@ -140,9 +158,12 @@ def evaluate_models(
         seed: The seed of all splits and renders.
         test_size: Test structures evaluated (seeded subset); ``None`` for all.
         strain: Largest lattice strain of protocol (c).
+        figures: Folder for the figures (crystal-system confusion matrices, and gradient ×
+            input attributions of ``explained`` held-out measured patterns per model).
+        explained: Number of held-out patterns explained per model.
 
     Returns:
-        Flat metrics (name → value, with split sizes) and confusion matrices by name.
+        Flat metrics: name → value, with the split sizes.
     """
     patterns, cs, sg = measured_set(measured)
     tune, held = rruff_split(len(patterns), fraction, seed)
@@ -182,6 +203,20 @@ def evaluate_models(
             matrices[f"rruff_heldout_{name}_{variant}_crystal_system"] = confusion(
                 cs[held], p_cs.argmax(1), N_CRYSTAL_SYSTEMS
             )
+            if figures is not None:
+                rows = held[:explained]
+                attributions, predicted = gradient_times_input(model, patterns[rows])
+                titles = [
+                    f"RRUFF row {r}: space group {sg[r]}, predicted {p}"
+                    for r, p in zip(rows, predicted, strict=True)
+                ]
+                attribution_figure(
+                    Grid().values().numpy(),
+                    patterns[rows],
+                    attributions,
+                    titles,
+                    Path(figures) / f"attribution_{name}_{variant}.png",
+                )
             if variant != "synthetic":
                 continue
             p_cs, p_sg = probabilities(model, test[0])
@@ -195,7 +230,9 @@ def evaluate_models(
                 metrics[f"strained_cubic/{name}/crystal_system_accuracy"] = accuracy(
                     cubic[1], p_cs.argmax(1)
                 )
-    return metrics, matrices
+    if figures is not None:
+        write_confusion_figures(matrices, figures)
+    return metrics
 
 
 def write_confusion_figures(matrices: dict[str, np.ndarray], folder: Path | str) -> list[Path]:
