@@ -19,6 +19,16 @@ from nanoxtal.xrd.render import Augmentation, Grid
 from nanoxtal.xrd.structures import CRYSTAL_SYSTEMS
 from nanoxtal.xrd.training import measured_set, rruff_split
 
+# The leading columns of `nanoxtal xrd predict` output (ARCHITECTURE §3); top-5 columns follow.
+PREDICTION_COLUMNS = (
+    "source",
+    "index",
+    "crystal_system",
+    "space_group",
+    "p_crystal_system",
+    "p_space_group",
+)
+
 
 def accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
     """Share of exact predictions."""
@@ -288,13 +298,6 @@ def predict_files(
             row[f"space_group_{k + 1}"] = int(top[i, k]) + 1
             row[f"p_space_group_{k + 1}"] = float(p_sg[i, top[i, k]])
         row["abstained"] = row["p_space_group"] < min_confidence
-    columns = [
-        "source",
-        "index",
-        "crystal_system",
-        "space_group",
-        "p_crystal_system",
-        "p_space_group",
-    ]
     table = pd.DataFrame(rows)
-    return table[columns + [c for c in table.columns if c not in columns]], errors
+    leading = list(PREDICTION_COLUMNS)
+    return table[leading + [c for c in table.columns if c not in leading]], errors
