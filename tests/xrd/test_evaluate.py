@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nanoxtal.xrd.evaluate import accuracy, confusion, macro_f1, nearest_neighbour, top_k_accuracy
+from nanoxtal.xrd.evaluate import (
+    accuracy,
+    accuracy_at_coverage,
+    confusion,
+    macro_f1,
+    nearest_neighbour,
+    top_k_accuracy,
+)
 
 
 def test_accuracy_top_k_and_macro_f1_on_hand_computed_cases():
@@ -23,3 +30,12 @@ def test_nearest_neighbour_uses_cosine_similarity():
     reference = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     queries = np.array([[10.0, 0.1], [0.2, 3.0], [2.0, 2.1]])
     assert nearest_neighbour(reference, queries).tolist() == [0, 1, 2]
+
+
+def test_accuracy_at_coverage_keeps_the_most_confident_cases():
+    correct = np.array([True, False, True, False, True])
+    confidence = np.array([0.9, 0.2, 0.8, 0.6, 0.1])
+    curve = accuracy_at_coverage(correct, confidence, (1.0, 0.4, 0.6))
+    assert curve["accuracy_at_coverage_1.0"] == pytest.approx(0.6)
+    assert curve["accuracy_at_coverage_0.4"] == 1.0  # 0.9 and 0.8 are both right
+    assert curve["accuracy_at_coverage_0.6"] == pytest.approx(2 / 3)

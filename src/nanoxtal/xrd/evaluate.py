@@ -52,6 +52,22 @@ def macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def accuracy_at_coverage(
+    correct: np.ndarray, confidence: np.ndarray, coverages: tuple[float, ...] = (1.0, 0.8, 0.5, 0.2)
+) -> dict[str, float]:
+    """Accuracy on the most confident share of the cases, for each share in ``coverages``.
+
+    What abstaining below a confidence threshold (``predict --min-confidence``) buys: keep the
+    predictions the model is surest of, and how accurate those are.
+    """
+    order = np.argsort(-confidence, kind="stable")
+    result = {}
+    for coverage in coverages:
+        kept = order[: max(1, round(coverage * len(order)))]
+        result[f"accuracy_at_coverage_{coverage:.1f}"] = float(np.mean(correct[kept]))
+    return result
+
+
 def confusion(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
     """Counts (truth row, prediction column) for labels 0..classes-1."""
     matrix = np.zeros((classes, classes), dtype=int)
@@ -210,6 +226,9 @@ def evaluate_models(
             p_cs, p_sg = probabilities(model, patterns[held])
             for key, value in scores(cs[held], sg[held], p_cs, p_sg).items():
                 metrics[f"rruff_heldout/{name}/{variant}/{key}"] = value
+            correct = p_sg.argmax(1) + 1 == sg[held]
+            for key, value in accuracy_at_coverage(correct, p_sg.max(1)).items():
+                metrics[f"rruff_heldout/{name}/{variant}/space_group_{key}"] = value
             matrices[f"rruff_heldout_{name}_{variant}_crystal_system"] = confusion(
                 cs[held], p_cs.argmax(1), N_CRYSTAL_SYSTEMS
             )
