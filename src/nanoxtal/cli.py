@@ -278,6 +278,9 @@ def _xrd_evaluate(args: argparse.Namespace) -> int:
         name, _, paths = spec.partition("=")
         synthetic, _, finetuned = paths.partition(",")
         models[name] = {"synthetic": Path(synthetic), "finetuned": Path(finetuned)}
+    single_phase = None
+    if args.single_phase is not None:
+        single_phase = (sorted(args.single_phase.glob("*.xy")), args.single_phase / "references")
     metrics = evaluate_models(
         models,
         args.structures,
@@ -287,6 +290,7 @@ def _xrd_evaluate(args: argparse.Namespace) -> int:
         args.seed,
         args.test_size,
         figures=args.figures,
+        single_phase=single_phase,
     )
     with atomic_write(args.out) as partial:
         partial.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -344,6 +348,12 @@ def _add_xrd_model_commands(verbs: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--test-size", type=int, default=2048)
     evaluate.add_argument("--out", type=Path, required=True, help="metrics .json")
     evaluate.add_argument("--figures", type=Path, required=True, help="folder for figures")
+    evaluate.add_argument(
+        "--single-phase",
+        type=Path,
+        metavar="FOLDER",
+        help="folder of measured <formula>.xy files with reference CIFs in FOLDER/references",
+    )
     evaluate.set_defaults(func=_xrd_evaluate)
 
     predict = verbs.add_parser("predict", help="crystal system and space group of patterns")

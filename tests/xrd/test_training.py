@@ -6,12 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pymatgen.core import Lattice, Structure
 
 from nanoxtal.cli import main
 from nanoxtal.train import TrainerSettings
 from nanoxtal.xrd.datamodule import XrdDataModule
 from nanoxtal.xrd.evaluate import predict_files
 from nanoxtal.xrd.module import class_weights, load_classifier
+from nanoxtal.xrd.simulate import stick_pattern
 from nanoxtal.xrd.training import (
     FinetuneSettings,
     TrainSettings,
@@ -85,6 +87,25 @@ def test_rruff_split_is_seeded_disjoint_and_complete():
     assert not np.array_equal(rruff_split(10, 0.5, seed=2)[0], tune)
 
 
+def single_phase_folder(folder):
+    """A measured NaCl.xy, a mixture file, and the NaCl reference CIF."""
+    (folder / "references").mkdir(parents=True)
+    rock_salt = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    (folder / "references" / "NaCl_1.cif").write_text(rock_salt.to(fmt="cif"))
+    sticks = stick_pattern(rock_salt)
+    x = np.arange(10, 90, 0.02)
+    y = 100 + sum(
+        i * np.exp(-0.5 * ((x - t) / 0.05) ** 2)
+        for t, i in zip(sticks.two_theta, sticks.intensity, strict=True)
+    )
+    text = "\n".join(f"{a:.2f} {b:.2f}" for a, b in zip(x, y, strict=True))
+    (folder / "NaCl.xy").write_text(text)
+    (folder / "NaCl+KCl.xy").write_text(text)
+    return folder
+
+
 def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
     structures, peaks, _ = tiny_tables
     common = ["--trainer", json.dumps({"max_epochs": 1, "accelerator": "cpu"}), "--seed", "3"]
@@ -124,6 +145,7 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
         == 0
     )
     tuned = tmp_path / "m" / "ft" / "models" / "best.ckpt"
+    single = single_phase_folder(tmp_path / "single")
     assert (
         main(
             [
@@ -145,6 +167,8 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
                 str(tmp_path / "metrics.json"),
                 "--figures",
                 str(tmp_path / "figures"),
+                "--single-phase",
+                str(single),
             ]
         )
         == 0
@@ -160,6 +184,12 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
         assert 0.0 <= metrics[key] <= 1.0
     assert (tmp_path / "figures" / "rruff_heldout_tiny_finetuned_crystal_system.png").is_file()
     assert (tmp_path / "figures" / "attribution_tiny_finetuned.png").is_file()
+    assert metrics["single_phase_size"] == 1  # the mixture has no single reference
+    check = pd.read_csv(tmp_path / "figures" / "single_phase_tiny.csv")
+    assert (
+        check.loc[0, "formula"] == "NaCl" and str(check.loc[0, "reference_space_groups"]) == "225"
+    )
+    assert check.loc[0, "space_group_consistent"] == (check.loc[0, "predicted_space_group"] == 225)
     out = tmp_path / "predictions.csv"
     assert (
         main(["xrd", "predict", str(tiny_measured), "--model", str(tuned), "--out", str(out)]) == 0

@@ -126,6 +126,7 @@ rule xrd_evaluate:
         structures=rules.xrd_structures.output.table,
         peaks=rules.xrd_simulate.output[0],
         measured=dataset_dir("xrd_rruff"),
+        single_phase=[dataset_dir("xrd_autoanalyzer")] if "xrd_autoanalyzer" in DATASET_NAMES else [],
     output:
         metrics="results/xrd/metrics.json",
         figures=directory("results/xrd/figures"),
@@ -139,6 +140,9 @@ rule xrd_evaluate:
         measured=lambda wildcards, input: f"{input.measured}/rruff_dev.npz",
         fraction=config["xrd"]["finetune"]["fraction"],
         test_size=config["xrd"]["evaluate"]["test_size"],
+        single_phase=lambda wildcards, input: (
+            f"--single-phase {input.single_phase}" if input.single_phase else ""
+        ),
         seed=config["seed"],
     log:
         "logs/xrd/evaluate.log",
@@ -153,7 +157,8 @@ rule xrd_evaluate:
     shell:
         "nanoxtal xrd evaluate {params.models} --structures {input.structures:q}"
         " --peaks {input.peaks:q} --measured {params.measured:q} --fraction {params.fraction}"
-        " --test-size {params.test_size} --seed {params.seed} --out {output.metrics:q}"
+        " --test-size {params.test_size} --seed {params.seed} {params.single_phase}"
+        " --out {output.metrics:q}"
         " --figures {output.figures:q} > {log:q} 2>&1"
 
 

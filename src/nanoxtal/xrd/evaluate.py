@@ -10,13 +10,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nanoxtal.files import atomic_write
 from nanoxtal.plots import attribution_figure, confusion_figure
 from nanoxtal.xrd.datamodule import RenderCollate, XrdDataModule
 from nanoxtal.xrd.io import PatternReadError, read_patterns, to_grid
 from nanoxtal.xrd.module import XrdClassifier, load_classifier
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS
 from nanoxtal.xrd.render import Augmentation, Grid
-from nanoxtal.xrd.structures import CRYSTAL_SYSTEMS
+from nanoxtal.xrd.structures import (
+    CRYSTAL_SYSTEMS,
+    StructureError,
+    parse_cif,
+    read_sources,
+    symmetrize,
+)
 from nanoxtal.xrd.training import measured_set, rruff_split
 
 # The leading columns of `nanoxtal xrd predict` output (ARCHITECTURE §3); top-5 columns follow.
@@ -166,6 +173,7 @@ def evaluate_models(
     strain: float = 0.03,
     figures: Path | str | None = None,
     explained: int = 4,
+    single_phase: tuple[list[Path], Path] | None = None,
 ) -> dict[str, Any]:
     """All XRD metrics for every model, on fixed splits.
 
@@ -187,6 +195,9 @@ def evaluate_models(
         figures: Folder for the figures (crystal-system confusion matrices, and gradient ×
             input attributions of ``explained`` held-out measured patterns per model).
         explained: Number of held-out patterns explained per model.
+        single_phase: Measured single-phase files and their reference CIF folder: the
+            fine-tuned models' predictions are checked against the references
+            (``check_single_phase``), and written to ``figures`` as CSV.
 
     Returns:
         Flat metrics: name → value, with the split sizes.
@@ -246,6 +257,14 @@ def evaluate_models(
                     titles,
                     Path(figures) / f"attribution_{name}_{variant}.png",
                 )
+            if single_phase is not None and variant == "finetuned":
+                check = check_single_phase(model, *single_phase)
+                for column in ("space_group_consistent", "crystal_system_consistent"):
+                    metrics[f"single_phase/{name}/{column}"] = float(check[column].mean())
+                metrics["single_phase_size"] = len(check)
+                if figures is not None:
+                    with atomic_write(Path(figures) / f"single_phase_{name}.csv") as partial:
+                        check.to_csv(partial, index=False)
             if variant != "synthetic":
                 continue
             p_cs, p_sg = probabilities(model, test[0])
@@ -272,6 +291,60 @@ def write_confusion_figures(matrices: dict[str, np.ndarray], folder: Path | str)
         )
         for name, matrix in matrices.items()
     ]
+
+
+def reference_symmetry(references: Path | str) -> dict[str, set[tuple[int, int]]]:
+    """(space group, crystal system) of every reference CIF, by reduced formula.
+
+    Symmetry is detected from the structures, not taken from file names.
+    """
+    found: dict[str, set[tuple[int, int]]] = {}
+    for source in read_sources([references]):
+        if source.error is not None:
+            continue
+        try:
+            labelled = symmetrize(source.id, parse_cif(source.cif))
+        except StructureError:
+            continue
+        found.setdefault(labelled.formula, set()).add(
+            (labelled.space_group, labelled.crystal_system)
+        )
+    return found
+
+
+def check_single_phase(
+    model: XrdClassifier, patterns: list[Path], references: Path | str
+) -> pd.DataFrame:
+    """Predictions for single-phase measured files named after their formula (``MnO2.xy``).
+
+    A file's polymorph is unknown, so a prediction counts as consistent when its space group
+    (crystal system) is one of the reference polymorphs' of that formula.
+    """
+    from pymatgen.core import Composition
+
+    symmetry = reference_symmetry(references)
+    table, _ = predict_files(model, patterns)
+    rows = []
+    for row in table.itertuples(index=False):
+        stem = Path(row.source).stem
+        if "+" in stem:
+            continue  # a mixture: no single reference
+        formula = Composition(stem).reduced_formula
+        candidates = symmetry.get(formula, set())
+        rows.append(
+            {
+                "source": row.source,
+                "formula": formula,
+                "reference_space_groups": " ".join(str(g) for g, _ in sorted(candidates)),
+                "predicted_space_group": row.space_group,
+                "predicted_crystal_system": row.crystal_system,
+                "space_group_consistent": any(row.space_group == g for g, _ in candidates),
+                "crystal_system_consistent": any(
+                    row.crystal_system == CRYSTAL_SYSTEMS[c] for _, c in candidates
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def predict_files(
