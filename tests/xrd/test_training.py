@@ -12,7 +12,7 @@ from nanoxtal.cli import main
 from nanoxtal.train import TrainerSettings
 from nanoxtal.xrd.datamodule import XrdDataModule
 from nanoxtal.xrd.evaluate import predict_files
-from nanoxtal.xrd.module import class_weights, load_classifier
+from nanoxtal.xrd.module import class_weights, load_classifier, smoothed_cross_entropy
 from nanoxtal.xrd.simulate import stick_pattern
 from nanoxtal.xrd.training import (
     FinetuneSettings,
@@ -36,6 +36,18 @@ def test_class_weights_favour_rare_classes():
     weights = class_weights(torch.tensor([0, 0, 0, 0, 1]), 3)
     assert weights[1] > weights[0] and weights[2] >= weights[1]
     assert float(weights.mean()) == pytest.approx(1.0)
+
+
+def test_label_smoothing_is_not_weighted_by_class():
+    logits = torch.randn(5, 4)
+    target = torch.tensor([0, 1, 2, 3, 0])
+    weights = torch.tensor([0.1, 1.0, 5.0, 50.0])
+    plain = torch.nn.functional.cross_entropy(logits, target, weights)
+    assert torch.allclose(smoothed_cross_entropy(logits, target, weights, 0.0), plain)
+    uniform = -torch.log_softmax(logits, 1).mean()
+    # Full smoothing ignores the class weights entirely.
+    assert torch.allclose(smoothed_cross_entropy(logits, target, weights, 1.0), uniform)
+    assert torch.allclose(smoothed_cross_entropy(logits, target, torch.ones(4), 1.0), uniform)
 
 
 def test_datamodule_renders_fresh_training_and_fixed_validation(tiny_tables):

@@ -23,6 +23,22 @@ def class_weights(labels: torch.Tensor, classes: int, power: float = 0.5) -> tor
     return (weights / weights.mean()).float()
 
 
+def smoothed_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, smoothing: float
+) -> torch.Tensor:
+    """Class-weighted negative log-likelihood, plus *unweighted* label smoothing.
+
+    ``nn.functional.cross_entropy(weight=..., label_smoothing=...)`` weights the smoothing term
+    by class as well, which with imbalance weights pushes probability onto the rarest (and
+    never seen) classes and stops learning; here the weights apply to the true class only.
+    """
+    nll = nn.functional.cross_entropy(logits, target, weights)
+    if not smoothing:
+        return nll
+    uniform = -torch.log_softmax(logits, dim=1).mean(dim=1).mean()
+    return (1.0 - smoothing) * nll + smoothing * uniform
+
+
 class XrdClassifier(pl.LightningModule):
     """Predicts the crystal system (7) and space group (230) of powder patterns.
 
@@ -67,17 +83,12 @@ class XrdClassifier(pl.LightningModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         cs_logits, sg_logits = self(batch["pattern"])
-        cs_loss = nn.functional.cross_entropy(
-            cs_logits,
-            batch["crystal_system"],
-            self.crystal_system_weights,
-            label_smoothing=self.hparams.label_smoothing,
+        smoothing = self.hparams.label_smoothing
+        cs_loss = smoothed_cross_entropy(
+            cs_logits, batch["crystal_system"], self.crystal_system_weights, smoothing
         )
-        sg_loss = nn.functional.cross_entropy(
-            sg_logits,
-            batch["space_group"] - 1,
-            self.space_group_weights,
-            label_smoothing=self.hparams.label_smoothing,
+        sg_loss = smoothed_cross_entropy(
+            sg_logits, batch["space_group"] - 1, self.space_group_weights, smoothing
         )
         loss = cs_loss + self.hparams.space_group_weight * sg_loss
         size = len(batch["pattern"])

@@ -32,6 +32,9 @@ class TrainSettings:
         lr: Peak learning rate (AdamW, cosine decay).
         weight_decay: AdamW weight decay.
         label_smoothing: Label smoothing.
+        class_weight_power: Loss weights ∝ class frequency^-power against imbalance (0: off).
+            Measured on 80 batches of the default data: 0.5 stalled training, 0.25 learned more
+            slowly than 0, hence off by default.
         min_intensity: Peaks weaker than this (of 100) are not rendered.
         num_workers: DataLoader workers.
         augmentation: Overrides of ``Augmentation`` for training renders.
@@ -45,6 +48,7 @@ class TrainSettings:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
+    class_weight_power: float = 0.0
     min_intensity: float = 0.05
     num_workers: int = 0
     augmentation: dict[str, Any] = field(default_factory=dict)
@@ -89,9 +93,11 @@ def train_classifier(
         weight_decay=settings.weight_decay,
         label_smoothing=settings.label_smoothing,
         crystal_system_weights=class_weights(
-            torch.as_tensor(train.crystal_system), N_CRYSTAL_SYSTEMS
+            torch.as_tensor(train.crystal_system), N_CRYSTAL_SYSTEMS, settings.class_weight_power
         ),
-        space_group_weights=class_weights(torch.as_tensor(train.space_group - 1), N_SPACE_GROUPS),
+        space_group_weights=class_weights(
+            torch.as_tensor(train.space_group - 1), N_SPACE_GROUPS, settings.class_weight_power
+        ),
     )
     key = run_key(asdict(settings), asdict(trainer), _fingerprint(structures, peaks))
     return fit(module, data, stage_dir, trainer, key)
