@@ -22,3 +22,10 @@ def test_build_net_by_name():
     assert isinstance(build_net("xrdnet", width=8), XrdNet)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_net("resnet")
+
+
+@pytest.mark.parametrize("net", [NPCNN(), XrdNet()], ids=["npcnn", "xrdnet"])
+def test_new_networks_are_in_training_mode(net):
+    # Lightning keeps submodules in the mode it finds them; an eval() left over from building
+    # the net froze BatchNorm statistics and training learned nothing but class priors.
+    assert all(module.training for module in net.modules())

@@ -30,7 +30,7 @@ def smoothed_cross_entropy(
 
     ``nn.functional.cross_entropy(weight=..., label_smoothing=...)`` weights the smoothing term
     by class as well, which with imbalance weights pushes probability onto the rarest (and
-    never seen) classes and stops learning; here the weights apply to the true class only.
+    never seen) classes; here the weights apply to the true class only.
     """
     nll = nn.functional.cross_entropy(logits, target, weights)
     if not smoothing:

@@ -121,8 +121,12 @@ class XrdNet(nn.Module):
             channels = stage_width
         layers += [nn.Conv1d(channels, reduced, 1), nn.GELU(), nn.Flatten(), nn.Dropout(dropout)]
         self.features = nn.Sequential(*layers)
+        # Eval mode for the one-sample shape probe (BatchNorm), then back to training mode:
+        # Lightning keeps submodules in the mode it finds them, so a stray eval() here would
+        # freeze BatchNorm statistics for the whole training run.
         with torch.no_grad():
             flat = self.features.eval()(torch.zeros(1, 1, points)).shape[1]
+        self.features.train()
         self.dense = nn.Sequential(nn.Linear(flat, hidden), nn.GELU(), nn.Dropout(dropout))
         self.crystal_system = nn.Linear(hidden, N_CRYSTAL_SYSTEMS)
         self.space_group = nn.Linear(hidden, N_SPACE_GROUPS)

@@ -33,8 +33,8 @@ class TrainSettings:
         weight_decay: AdamW weight decay.
         label_smoothing: Label smoothing.
         class_weight_power: Loss weights ∝ class frequency^-power against imbalance (0: off).
-            Measured on 80 batches of the default data: 0.5 stalled training, 0.25 learned more
-            slowly than 0, hence off by default.
+            On the val split after 3 × 2,560 rendered patterns, 0.5 gave 35.5 % / 13.1 %
+            (crystal system / space group) against 35.9 % / 16.0 % without: off by default.
         min_intensity: Peaks weaker than this (of 100) are not rendered.
         num_workers: DataLoader workers.
         augmentation: Overrides of ``Augmentation`` for training renders.
