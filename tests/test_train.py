@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import nanoxtal.train as train_module
 from nanoxtal.train import (
     COMPLETE_MARKER,
     TrainerSettings,
@@ -104,10 +105,13 @@ def test_settings_merge_layers_and_reject_unknown_keys():
         TrainerSettings(max_epochs=0)
 
 
-def test_run_key_is_stable_and_sensitive():
+def test_run_key_is_stable_and_sensitive(monkeypatch):
     assert run_key({"lr": 0.1, "w": 4}, "data-sha") == run_key({"w": 4, "lr": 0.1}, "data-sha")
     assert run_key({"lr": 0.1}, "data-sha") != run_key({"lr": 0.2}, "data-sha")
     assert run_key({"lr": 0.1}, "data-sha") != run_key({"lr": 0.1}, "other-data")
+    before = run_key({"lr": 0.1})
+    monkeypatch.setattr(train_module, "code_fingerprint", lambda: "edited code")
+    assert run_key({"lr": 0.1}) != before  # changed code never resumes an old run
 
 
 def test_auto_accelerator_uses_cuda_when_present_else_cpu(tmp_path):

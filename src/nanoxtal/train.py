@@ -24,6 +24,7 @@ import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -148,17 +149,31 @@ class RngStateCheckpoint(Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
+@cache
+def code_fingerprint() -> str:
+    """sha256 of the nanoxtal package's Python sources (so code changes start runs afresh)."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def run_key(*parts: Any) -> str:
     """Short stable hash identifying a training run.
+
+    The package's code is part of the key: an interrupted run resumes only under the same
+    code, never into a model trained by code that has since changed.
 
     Args:
         *parts: JSON-serialisable descriptions of the run: hyper-parameters, trainer settings,
             input fingerprints (e.g. file checksums).
 
     Returns:
-        The first 12 hex digits of the sha256 of the canonical JSON of ``parts``.
+        The first 12 hex digits of the sha256 of the canonical JSON of ``parts`` and the code.
     """
-    canonical = json.dumps(parts, sort_keys=True, default=str)
+    canonical = json.dumps([code_fingerprint(), *parts], sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
