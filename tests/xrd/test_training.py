@@ -63,6 +63,18 @@ def test_datamodule_renders_fresh_training_and_fixed_validation(tiny_tables):
     assert a.shape[1] == 8500 and not torch.equal(a, b)
 
 
+def test_each_dataloader_worker_draws_its_own_effects(tiny_tables):
+    structures, peaks, _ = tiny_tables
+    data = XrdDataModule(str(structures), str(peaks), batch_size=2, seed=0)
+    data.setup()
+    collate = data.train_dataloader().collate_fn
+    loader = torch.utils.data.DataLoader(
+        range(4), batch_sampler=[[0, 1], [0, 1]], collate_fn=collate, num_workers=2
+    )
+    first, second = (batch["pattern"] for batch in loader)
+    assert not torch.equal(first, second)  # same structures, different workers, other effects
+
+
 def test_train_finetune_predict_round_trip(tmp_path, tiny_tables, tiny_measured):
     structures, peaks, _ = tiny_tables
     trained = train_classifier(structures, peaks, tmp_path / "xrdnet", TrainSettings(**SMALL), CPU)

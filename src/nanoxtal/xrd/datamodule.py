@@ -126,9 +126,16 @@ class RenderCollate:
         self.data, self.renderer, self.augmentation = data, renderer, augmentation
         self.seed, self.fixed = seed, fixed
         self.stream = torch.Generator().manual_seed(seed)
+        self.worker: int | None = None
 
     def _generator(self, indices: list[int]) -> torch.Generator:
         if not self.fixed:
+            # Each DataLoader worker holds a copy of this object: give each its own stream,
+            # or all workers would draw the same effects.
+            info = torch.utils.data.get_worker_info()
+            if info is not None and self.worker != info.id:
+                self.worker = info.id
+                self.stream = torch.Generator().manual_seed(self.seed + 1_000_003 * (info.id + 1))
             return self.stream
         digest = hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).digest()
         return torch.Generator().manual_seed(self.seed ^ int.from_bytes(digest[:6], "little"))
