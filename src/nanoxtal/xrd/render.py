@@ -69,10 +69,6 @@ class PeakBatch:
     crystal_system: torch.Tensor
     mask: torch.Tensor
 
-    def to(self, device: torch.device | str) -> PeakBatch:
-        """The same batch on another device."""
-        return PeakBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
-
 
 def reciprocal_metric(lattice: np.ndarray) -> np.ndarray:
     """G* = (A A^T)^-1 for lattice vectors A as rows, Å⁻²."""

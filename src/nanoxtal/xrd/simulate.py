@@ -20,7 +20,7 @@ loop over reflections or peaks and no sine or cosine per reflection and site.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -381,22 +381,6 @@ def peak_table(patterns: Iterable[tuple[str, StickPattern]]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame({c: [] for c in PEAK_COLUMNS})
     return pd.concat(frames, ignore_index=True)
-
-
-def stick_patterns(
-    structures: Iterable[Structure | SiteArrays], **options: object
-) -> Iterator[StickPattern | SimulationError]:
-    """Simulate many structures; a structure that fails yields its error and the batch goes on.
-
-    Args:
-        structures: The crystals.
-        **options: Passed to ``stick_pattern``.
-    """
-    for structure in structures:
-        try:
-            yield stick_pattern(structure, **options)
-        except SimulationError as error:
-            yield error
 
 
 @dataclass(frozen=True)
