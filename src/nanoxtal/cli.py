@@ -196,7 +196,6 @@ def _xrd_simulate(args: argparse.Namespace) -> int:
 
     from nanoxtal.xrd.simulate import SimulationError, peak_table, stick_pattern
 
-    wavelength = float(args.wavelength) if args.wavelength[0].isdigit() else args.wavelength
     patterns, failed = [], 0
     for structure_id, item in tqdm(
         _simulation_inputs(args.structures),
@@ -208,7 +207,7 @@ def _xrd_simulate(args: argparse.Namespace) -> int:
             if isinstance(item, str):
                 raise SimulationError(item)
             pattern = stick_pattern(
-                item, wavelength, tuple(args.two_theta), debye_waller=args.debye_waller
+                item, args.wavelength, tuple(args.two_theta), debye_waller=args.debye_waller
             )
         except SimulationError as error:
             failed += 1

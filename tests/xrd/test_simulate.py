@@ -116,6 +116,12 @@ def test_unknown_element_is_a_clear_error():
         stick_pattern(weird)
 
 
+def test_wavelength_strings_may_hold_numbers():
+    mo = stick_pattern(rock_salt(), ".7093", (5, 60))
+    assert mo.wavelength == pytest.approx(0.7093)
+    assert len(mo) == len(stick_pattern(rock_salt(), 0.7093, (5, 60)))
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="unknown radiation"):
         stick_pattern(rock_salt(), "CuKz")

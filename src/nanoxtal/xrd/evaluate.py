@@ -227,6 +227,7 @@ def evaluate_models(
         **{**asdict(data.augmentation(evaluation=True)), "lattice_strain": (-strain, strain)}
     )
     cubic = render_split(data, "test", strained, seed + 7, cubic_rows)
+    symmetry = None if single_phase is None else reference_symmetry(single_phase[1])
     metrics["mp_test_size"] = len(test[0])
     metrics["strained_cubic_size"] = len(cubic_rows)
     metrics["strained_cubic_max_strain"] = strain
@@ -258,7 +259,7 @@ def evaluate_models(
                     Path(figures) / f"attribution_{name}_{variant}.png",
                 )
             if single_phase is not None and variant == "finetuned":
-                check = check_single_phase(model, *single_phase)
+                check = check_single_phase(model, single_phase[0], symmetry)
                 for column in ("space_group_consistent", "crystal_system_consistent"):
                     metrics[f"single_phase/{name}/{column}"] = float(check[column].mean())
                 metrics["single_phase_size"] = len(check)
@@ -313,16 +314,16 @@ def reference_symmetry(references: Path | str) -> dict[str, set[tuple[int, int]]
 
 
 def check_single_phase(
-    model: XrdClassifier, patterns: list[Path], references: Path | str
+    model: XrdClassifier, patterns: list[Path], symmetry: dict[str, set[tuple[int, int]]]
 ) -> pd.DataFrame:
     """Predictions for single-phase measured files named after their formula (``MnO2.xy``).
 
     A file's polymorph is unknown, so a prediction counts as consistent when its space group
-    (crystal system) is one of the reference polymorphs' of that formula.
+    (crystal system) is one of the reference polymorphs' of that formula (``symmetry``, from
+    ``reference_symmetry``).
     """
     from pymatgen.core import Composition
 
-    symmetry = reference_symmetry(references)
     table, _ = predict_files(model, patterns)
     rows = []
     for row in table.itertuples(index=False):

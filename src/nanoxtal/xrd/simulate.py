@@ -80,14 +80,20 @@ class StickPattern:
 
 
 def wavelength_of(radiation: str | float) -> float:
-    """Wavelength in Å of a named line (e.g. ``"CuKa"``, ``"MoKa1"``) or a number in Å."""
+    """Wavelength in Å of a named line (e.g. ``"CuKa"``, ``"MoKa1"``) or a number in Å.
+
+    A string holding a number (``"0.7093"``, ``".7093"``) counts as a wavelength in Å.
+    """
     if isinstance(radiation, str):
-        if radiation not in WAVELENGTHS:
-            raise ValueError(
-                f"unknown radiation {radiation!r}; use a wavelength in Å or one of "
-                f"{sorted(WAVELENGTHS)}"
-            )
-        return WAVELENGTHS[radiation]
+        try:
+            radiation = float(radiation)
+        except ValueError:
+            if radiation not in WAVELENGTHS:
+                raise ValueError(
+                    f"unknown radiation {radiation!r}; use a wavelength in Å or one of "
+                    f"{sorted(WAVELENGTHS)}"
+                ) from None
+            return WAVELENGTHS[radiation]
     if not 0.05 <= float(radiation) <= 5.0:
         raise ValueError(f"wavelength {radiation} Å is outside 0.05-5 Å")
     return float(radiation)
