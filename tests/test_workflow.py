@@ -152,11 +152,16 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     assert (
         summary["kept"] + summary["rejected"] == test_config["xrd"]["structures"]["max_structures"]
     )
+    random = json.loads((workdir / "results" / "xrd" / "random_summary.json").read_text())
+    # Per group 1: every space group missing from the training split gets one crystal.
+    assert random["space_groups_in_train_after"] == 230 - random["unfilled"]
+    assert random["unfilled"] <= 5
     peaks = pd.read_parquet(workdir / "results" / "xrd" / "peaks.parquet")
-    assert peaks["id"].nunique() == summary["kept"]
+    assert peaks["id"].nunique() == summary["kept"] + random["crystals"]
     for log in (
         "data/import_xrd_mp.log",
         "xrd/structures.log",
+        "xrd/random.log",
         "xrd/simulate.log",
         "xrd/train_xrdnet.log",
         "xrd/finetune_xrdnet.log",

@@ -165,6 +165,50 @@ def _xrd_structures(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _xrd_random(args: argparse.Namespace) -> int:
+    import json
+
+    import pandas as pd
+
+    from nanoxtal.xrd.structures import RandomCrystalSettings, fill_space_groups
+
+    table = pd.read_parquet(args.structures)
+    settings = RandomCrystalSettings(
+        per_group=args.per_group,
+        max_species=args.max_species,
+        max_atoms=args.max_atoms,
+        attempts=args.attempts,
+    )
+    crystals, unfilled = fill_space_groups(
+        table, settings, args.seed, args.workers, progress=not args.no_progress
+    )
+    with atomic_write(args.out) as partial:
+        crystals.to_parquet(partial, index=False)
+    with atomic_write(args.rejects) as partial:
+        unfilled.to_csv(partial, index=False)
+    train_groups = set(table.loc[table["split"] == "train", "space_group"])
+    summary = {
+        "seed": args.seed,
+        "per_group": args.per_group,
+        "max_species": args.max_species,
+        "max_atoms": args.max_atoms,
+        "crystals": len(crystals),
+        "unfilled": len(unfilled),
+        "space_groups_filled": int(crystals["space_group"].nunique()),
+        "space_groups_in_train_before": len(train_groups),
+        "space_groups_in_train_after": len(train_groups | set(crystals["space_group"])),
+    }
+    if args.summary:
+        with atomic_write(args.summary) as partial:
+            partial.write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"{len(crystals)} random crystals in {summary['space_groups_filled']} space groups "
+        f"({len(unfilled)} places not filled, reasons in {args.rejects}); training split now "
+        f"covers {summary['space_groups_in_train_after']} of 230 space groups; wrote {args.out}"
+    )
+    return EXIT_OK
+
+
 def _simulation_inputs(paths: Sequence[Path]) -> Iterator[tuple[str, object]]:
     """(id, SiteArrays or Structure or error message) for every structure of the inputs."""
     import pandas as pd
@@ -324,7 +368,13 @@ def _add_xrd_model_commands(verbs: argparse._SubParsersAction) -> None:
     common.add_argument("--seed", type=int, default=42)
 
     train = verbs.add_parser("train", parents=[common], help="train a classifier on sticks")
-    train.add_argument("--structures", type=Path, required=True)
+    train.add_argument(
+        "--structures",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="structure tables (.parquet), e.g. the database's and the random crystals'",
+    )
     train.add_argument("--peaks", type=Path, required=True)
     train.add_argument("--out-dir", type=Path, required=True, help="e.g. results/xrd/xrdnet")
     train.set_defaults(func=_xrd_train)
@@ -396,6 +446,24 @@ def _add_xrd_commands(stages: argparse._SubParsersAction) -> None:
     structures.add_argument("--workers", type=int, default=1, help="processes")
     structures.add_argument("--no-progress", action="store_true")
     structures.set_defaults(func=_xrd_structures)
+
+    random = verbs.add_parser(
+        "random", help="random symmetric crystals (PyXtal) filling rare space groups"
+    )
+    random.add_argument("structures", type=Path, help="structure table (.parquet)")
+    random.add_argument("--out", type=Path, required=True, help="random crystals (.parquet)")
+    random.add_argument("--rejects", type=Path, required=True, help="unfilled places (.csv)")
+    random.add_argument("--summary", type=Path, help="counts and settings (.json)")
+    random.add_argument(
+        "--per-group", type=int, default=20, help="fill each space group up to this many"
+    )
+    random.add_argument("--max-species", type=int, default=3, help="elements per crystal")
+    random.add_argument("--max-atoms", type=int, default=120, help="atoms per conventional cell")
+    random.add_argument("--attempts", type=int, default=30, help="draws before giving up")
+    random.add_argument("--seed", type=int, default=42)
+    random.add_argument("--workers", type=int, default=1, help="processes")
+    random.add_argument("--no-progress", action="store_true")
+    random.set_defaults(func=_xrd_random)
 
     simulate = verbs.add_parser("simulate", help="stick patterns (hkl, 2θ, d, intensity)")
     simulate.add_argument(

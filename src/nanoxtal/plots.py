@@ -84,3 +84,38 @@ def attribution_figure(
     with atomic_write(path) as partial:
         figure.savefig(partial, dpi=110, format=path.suffix.lstrip(".") or "png")
     return path
+
+
+def reliability_figure(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path | str, bins: int = 10
+) -> Path:
+    """Save a reliability diagram: accuracy against confidence in equal-width bins.
+
+    A calibrated model lies on the diagonal; points below it are over-confident.
+
+    Args:
+        curves: Label → (confidence of each prediction, whether it was correct).
+        title: Figure title.
+        path: Output image.
+        bins: Confidence bins in [0, 1].
+    """
+    figure = Figure(figsize=(4.8, 4.5))
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+    for label, (confidence, correct) in curves.items():
+        which = np.clip((np.asarray(confidence) * bins).astype(int), 0, bins - 1)
+        filled = np.unique(which)
+        mean_confidence = [np.mean(confidence[which == b]) for b in filled]
+        accuracy = [np.mean(correct[which == b]) for b in filled]
+        axes.plot(mean_confidence, accuracy, marker="o", label=label)
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("confidence (top probability)")
+    axes.set_ylabel("accuracy")
+    axes.set_title(title)
+    axes.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_write(path) as partial:
+        figure.savefig(partial, dpi=120, format=path.suffix.lstrip(".") or "png")
+    return path

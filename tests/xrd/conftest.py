@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
 from nanoxtal.xrd.render import Augmentation, Renderer, make_batch
 from nanoxtal.xrd.simulate import peak_table, stick_pattern
-from nanoxtal.xrd.structures import Source, build_table
+from nanoxtal.xrd.structures import Source, build_table, crystal_system
 
 CRYSTALS = [
     ("Fm-3m", Lattice.cubic(4.1), "Na"),
@@ -64,3 +65,36 @@ def tiny_measured(tmp_path_factory, tiny_tables):
         space_group=table["space_group"].to_numpy()[rows],
     )
     return path
+
+
+def _table_missing(groups: set[int]) -> pd.DataFrame:
+    """A structure table with two training structures of every space group but ``groups``,
+    and KCl in the validation split."""
+    rows = []
+
+    def add(i: int, number: int, formula: str, species: list[str], split: str) -> None:
+        rows.append(
+            {
+                "id": f"s{i}",
+                "formula": formula,
+                "space_group": number,
+                "crystal_system": crystal_system(number),
+                "split": split,
+                "n_sites": 2,
+                "lattice": [5.6, 0, 0, 0, 5.6, 0, 0, 0, 5.6],
+                "species": species,
+                "frac_coords": [0.0] * 6,
+            }
+        )
+
+    present = [n for n in range(1, 231) if n not in groups]
+    for i, number in enumerate(present * 2):
+        add(i, number, "MgO" if i % 2 else "SiC", ["Mg", "O"] if i % 2 else ["Si", "C"], "train")
+    add(len(rows), 225, "KCl", ["K", "Cl"], "val")
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def table_missing():
+    """Factory: a structure table lacking the given space groups in its train split."""
+    return _table_missing

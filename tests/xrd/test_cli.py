@@ -3,9 +3,11 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 from pymatgen.core import Lattice, Structure
 
 from nanoxtal.cli import main
+from nanoxtal.xrd.datamodule import load_sticks
 from nanoxtal.xrd.simulate import PEAK_COLUMNS, stick_pattern
 
 
@@ -134,3 +136,28 @@ def test_bad_wavelength_is_a_clear_error(tmp_path, capsys):
     )
     assert "unknown radiation 'CuKz'" in capsys.readouterr().err
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_random_crystals_join_the_training_set(tmp_path, table_missing):
+    table_missing({62}).to_parquet(tmp_path / "s.parquet", index=False)
+    outputs = {
+        "--out": tmp_path / "random.parquet",
+        "--rejects": tmp_path / "unfilled.csv",
+        "--summary": tmp_path / "random.json",
+    }
+    args = ["xrd", "random", str(tmp_path / "s.parquet"), "--per-group", "2", "--no-progress"]
+    assert main(args + [str(x) for pair in outputs.items() for x in pair]) == 0
+    summary = json.loads(outputs["--summary"].read_text())
+    assert summary["crystals"] == 2 and summary["unfilled"] == 0
+    assert summary["space_groups_in_train_before"] == 229
+    assert summary["space_groups_in_train_after"] == 230
+    tables = [str(tmp_path / "s.parquet"), str(outputs["--out"])]
+    peaks = tmp_path / "p.parquet"
+    assert main(["xrd", "simulate", *tables, "--out", str(peaks), "--no-progress"]) == 0
+    sticks, split = load_sticks(tables, peaks)
+    random_rows = [i for i, name in enumerate(sticks.ids) if name.startswith("pyxtal-62-")]
+    assert len(random_rows) == 2 and set(split[random_rows]) == {"train"}
+    assert set(sticks.space_group[random_rows]) == {62}
+    assert all(len(sticks.sticks[i][0]) > 0 for i in random_rows)
+    with pytest.raises(ValueError, match="appears twice"):
+        load_sticks([tables[0], tables[0]], peaks)

@@ -7,6 +7,7 @@ from nanoxtal.xrd.evaluate import (
     accuracy,
     accuracy_at_coverage,
     confusion,
+    expected_calibration_error,
     macro_f1,
     nearest_neighbour,
     top_k_accuracy,
@@ -39,3 +40,17 @@ def test_accuracy_at_coverage_keeps_the_most_confident_cases():
     assert curve["accuracy_at_coverage_1.0"] == pytest.approx(0.6)
     assert curve["accuracy_at_coverage_0.4"] == 1.0  # 0.9 and 0.8 are both right
     assert curve["accuracy_at_coverage_0.6"] == pytest.approx(2 / 3)
+
+
+def test_expected_calibration_error_separates_calibrated_from_overconfident():
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.5, 1.0, 20000)
+    correct_class = rng.uniform(size=20000) < confidence  # right as often as it claims
+    probabilities = np.stack([confidence, 1 - confidence], axis=1)
+    truth = np.where(correct_class, 0, 1)
+    assert expected_calibration_error(truth, probabilities) < 0.02
+    # Claims 95 % everywhere while right 75 % of the time: ECE is the 0.2 gap.
+    over = np.tile([0.95, 0.05], (20000, 1))
+    assert expected_calibration_error(truth, over) == pytest.approx(
+        0.95 - np.mean(truth == 0), abs=1e-9
+    )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
@@ -7,10 +8,14 @@ from pymatgen.core import Lattice, Structure
 from nanoxtal.xrd.simulate import SiteArrays, stick_pattern
 from nanoxtal.xrd.structures import (
     CRYSTAL_SYSTEMS,
+    TABLE_COLUMNS,
+    RandomCrystalSettings,
     StructureError,
     build_table,
     crystal_system,
+    fill_space_groups,
     parse_cif,
+    random_crystal,
     read_sources,
     split_by_formula,
     symmetrize,
@@ -148,3 +153,46 @@ def test_real_materials_project_sample_in_two_processes(shared_data):
     assert len(table) + len(rejects) == 40
     assert table["space_group"].between(1, 230).all()
     assert set(table["split"]) <= {"train", "val", "test"}
+
+
+def test_random_crystal_has_the_drawn_space_group():
+    rng = np.random.default_rng(0)
+    settings = RandomCrystalSettings()
+    for number in (2, 14, 62, 139, 166, 194, 221):
+        crystal = random_crystal("r", number, ["Mg", "O", "Si"], [1.0, 2.0, 1.0], rng, settings)
+        assert crystal.space_group == number
+        # The label is spglib's verdict on the structure returned, not the group asked for.
+        assert symmetrize("r", crystal.structure).space_group == number
+        assert set(crystal.structure.composition.chemical_system.split("-")) <= {"Mg", "O", "Si"}
+        assert len(crystal.structure) <= settings.max_atoms
+
+
+def test_random_crystal_reports_an_impossible_cell():
+    # Fm-3m's smallest orbit has 4 atoms in the conventional cell: 3 atoms cannot be placed.
+    with pytest.raises(StructureError, match="space group 225"):
+        random_crystal(
+            "r", 225, ["Na"], [1.0], np.random.default_rng(0), RandomCrystalSettings(max_atoms=3)
+        )
+
+
+def test_fill_space_groups_fills_missing_groups_in_train_only(table_missing):
+    missing = {2, 14, 62, 194, 227}
+    table = table_missing(missing)
+    settings = RandomCrystalSettings(per_group=3)
+    crystals, unfilled = fill_space_groups(table, settings, seed=3, workers=2, progress=False)
+    assert unfilled.empty, unfilled
+    # Groups with two training structures get one crystal each; the missing ones three.
+    counts = crystals["space_group"].value_counts()
+    assert counts[sorted(missing)].eq(3).all()
+    assert counts.drop(sorted(missing)).eq(1).all() and len(counts) == 230
+    assert set(crystals["split"]) == {"train"}
+    assert "KCl" not in set(crystals["formula"])  # a val formula never enters train
+    # Elements come from the training split, weighted by frequency.
+    assert set(np.concatenate(crystals["species"].to_numpy())) <= {"Mg", "O", "Si", "C"}
+    assert list(crystals.columns) == list(TABLE_COLUMNS)
+    # Each space group has its own seeded stream: the worker count does not change the result.
+    fewer = RandomCrystalSettings(per_group=2)  # only the missing groups: quick
+    one, _ = fill_space_groups(table, fewer, seed=3, workers=1, progress=False)
+    two, _ = fill_space_groups(table, fewer, seed=3, workers=2, progress=False)
+    assert len(one) == 2 * len(missing)
+    pd.testing.assert_frame_equal(one, two)

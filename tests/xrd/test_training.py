@@ -92,6 +92,13 @@ def test_train_finetune_predict_round_trip(tmp_path, tiny_tables, tiny_measured)
     split = json.loads((tmp_path / "xrdnet" / "finetune" / "split.json").read_text())
     assert not set(split["finetune_rows"]) & set(split["held_out_rows"])
     assert len(split["finetune_rows"]) + len(split["held_out_rows"]) == 48
+    calibration = json.loads((tmp_path / "xrdnet" / "finetune" / "calibration.json").read_text())
+    # Calibrated on fine-tune rows only, and the temperatures travel with the checkpoint.
+    assert set(calibration["rows"]) <= set(split["finetune_rows"])
+    assert calibration["temperature_space_group"] != 1.0
+    assert load_classifier(tuned).temperature.tolist() == pytest.approx(
+        [calibration["temperature_crystal_system"], calibration["temperature_space_group"]]
+    )
 
     table, errors = predict_files(
         load_classifier(tuned), [tiny_measured, tmp_path / "x.xy"], min_confidence=1.01
@@ -208,6 +215,9 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
         assert 0.0 <= metrics[key] <= 1.0
     assert (tmp_path / "figures" / "rruff_heldout_tiny_finetuned_crystal_system.png").is_file()
     assert (tmp_path / "figures" / "attribution_tiny_finetuned.png").is_file()
+    assert (tmp_path / "figures" / "reliability_tiny_finetuned.png").is_file()
+    assert metrics["rruff_heldout/tiny/synthetic/temperature_space_group"] == 1.0
+    assert 0.0 <= metrics["rruff_heldout/tiny/finetuned/space_group_ece"] <= 1.0
     assert metrics["single_phase_size"] == 1  # the mixture has no single reference
     check = pd.read_csv(tmp_path / "figures" / "single_phase_tiny.csv")
     assert (

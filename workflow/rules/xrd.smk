@@ -37,9 +37,38 @@ rule xrd_structures:
         " --workers {threads} > {log:q} 2>&1"
 
 
+rule xrd_random:
+    input:
+        rules.xrd_structures.output.table,
+    output:
+        table="results/xrd/random_structures.parquet",
+        rejects="results/xrd/random_rejects.csv",
+        summary="results/xrd/random_summary.json",
+    params:
+        settings=config["xrd"]["random"],
+        seed=config["seed"],
+    log:
+        "logs/xrd/random.log",
+    benchmark:
+        "results/benchmarks/xrd/random.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/xrd.yaml"
+    shell:
+        "nanoxtal xrd random {input:q} --out {output.table:q} --rejects {output.rejects:q}"
+        " --summary {output.summary:q} --per-group {params.settings[per_group]}"
+        " --max-species {params.settings[max_species]} --max-atoms {params.settings[max_atoms]}"
+        " --attempts {params.settings[attempts]} --seed {params.seed} --workers {threads}"
+        " > {log:q} 2>&1"
+
+
 rule xrd_simulate:
     input:
         rules.xrd_structures.output.table,
+        rules.xrd_random.output.table,
     output:
         "results/xrd/peaks.parquet",
     params:
@@ -65,6 +94,7 @@ rule xrd_simulate:
 rule xrd_train:
     input:
         structures=rules.xrd_structures.output.table,
+        random=rules.xrd_random.output.table,
         peaks=rules.xrd_simulate.output[0],
     output:
         "results/xrd/{arch}/models/best.ckpt",
@@ -85,7 +115,8 @@ rule xrd_train:
     conda:
         "../../envs/xrd.yaml"
     shell:
-        "nanoxtal xrd train --structures {input.structures:q} --peaks {input.peaks:q}"
+        "nanoxtal xrd train --structures {input.structures:q} {input.random:q}"
+        " --peaks {input.peaks:q}"
         " --out-dir {params.out_dir:q} --settings {params.settings:q}"
         " --trainer {params.trainer:q} --seed {params.seed} > {log:q} 2>&1"
 

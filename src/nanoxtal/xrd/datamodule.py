@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,21 +57,25 @@ class StickSet:
 
 
 def load_sticks(
-    structures: Path | str, peaks: Path | str, min_intensity: float = 0.05
+    structures: Path | str | Sequence[Path | str], peaks: Path | str, min_intensity: float = 0.05
 ) -> tuple[StickSet, np.ndarray]:
-    """Join the structure table and the peak table.
+    """Join the structure table(s) and the peak table.
 
     Args:
-        structures: Structure table (``nanoxtal xrd structures``).
+        structures: Structure table (``nanoxtal xrd structures``), or several (e.g. with the
+            random crystals of ``nanoxtal xrd random``), concatenated in order.
         peaks: Peak table (``nanoxtal xrd simulate``).
         min_intensity: Peaks weaker than this (of 100) are dropped: invisible once rendered.
 
     Returns:
         The stick set and the split (train/val/test) of each structure.
     """
-    table = pd.read_parquet(
-        structures, columns=["id", "split", "space_group", "crystal_system", "lattice"]
-    )
+    columns = ["id", "split", "space_group", "crystal_system", "lattice"]
+    paths = [structures] if isinstance(structures, str | Path) else list(structures)
+    table = pd.concat([pd.read_parquet(path, columns=columns) for path in paths], ignore_index=True)
+    if table["id"].duplicated().any():
+        duplicated = table.loc[table["id"].duplicated(), "id"].iloc[0]
+        raise ValueError(f"structure id {duplicated!r} appears twice in {[str(p) for p in paths]}")
     peak_table = pd.read_parquet(peaks, columns=["id", "h", "k", "l", "d", "intensity"])
     peak_table = peak_table[peak_table["intensity"] >= min_intensity]
     peak_table = peak_table[peak_table["id"].isin(set(table["id"]))]
@@ -158,7 +163,7 @@ class XrdDataModule(pl.LightningDataModule):
     """Synthetic XRD data: structure splits from the table, patterns rendered per batch.
 
     Args:
-        structures: Structure table (.parquet).
+        structures: Structure table(s) (.parquet).
         peaks: Peak table (.parquet).
         batch_size: Patterns per batch.
         train_per_epoch: Structures drawn (with replacement across epochs) per training epoch;
@@ -174,7 +179,7 @@ class XrdDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        structures: str,
+        structures: str | list[str],
         peaks: str,
         batch_size: int = 64,
         train_per_epoch: int | None = 8192,

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from nanoxtal.files import atomic_write
-from nanoxtal.plots import attribution_figure, confusion_figure
+from nanoxtal.plots import attribution_figure, confusion_figure, reliability_figure
 from nanoxtal.xrd.datamodule import RenderCollate, XrdDataModule
 from nanoxtal.xrd.io import PatternReadError, read_patterns, to_grid
 from nanoxtal.xrd.module import XrdClassifier, load_classifier
@@ -75,6 +75,30 @@ def accuracy_at_coverage(
     return result
 
 
+def expected_calibration_error(
+    truth: np.ndarray, probabilities: np.ndarray, bins: int = 15, offset: int = 0
+) -> float:
+    """Expected calibration error: mean |accuracy - confidence| over confidence bins.
+
+    Bins are weighted by their share of the predictions (Naeini et al., AAAI 2015; 15
+    equal-width bins as in Guo et al., ICML 2017).
+
+    Args:
+        truth: True labels (N,).
+        probabilities: Predicted probabilities (N, classes).
+        bins: Equal-width confidence bins in [0, 1].
+        offset: Label of column 0 (1 for space groups).
+    """
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) + offset == truth
+    which = np.clip((confidence * bins).astype(int), 0, bins - 1)
+    error = 0.0
+    for b in np.unique(which):
+        members = which == b
+        error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(error)
+
+
 def confusion(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
     """Counts (truth row, prediction column) for labels 0..classes-1."""
     matrix = np.zeros((classes, classes), dtype=int)
@@ -93,16 +117,26 @@ def nearest_neighbour(reference: np.ndarray, queries: np.ndarray) -> np.ndarray:
 def probabilities(
     model: XrdClassifier, patterns: np.ndarray | torch.Tensor, batch_size: int = 128
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities of crystal systems (N, 7) and space groups (N, 230)."""
+    """Calibrated probabilities of crystal systems (N, 7) and space groups (N, 230)."""
     model.eval()
     device = next(model.parameters()).device
     patterns = torch.as_tensor(patterns, dtype=torch.float32)
     cs, sg = [], []
     for start in range(0, len(patterns), batch_size):
-        cs_logits, sg_logits = model(patterns[start : start + batch_size].to(device))
-        cs.append(torch.softmax(cs_logits, 1).cpu())
-        sg.append(torch.softmax(sg_logits, 1).cpu())
+        p_cs, p_sg = model.predict_proba(patterns[start : start + batch_size].to(device))
+        cs.append(p_cs.cpu())
+        sg.append(p_sg.cpu())
     return torch.cat(cs).numpy(), torch.cat(sg).numpy()
+
+
+def uncalibrated_space_group(model: XrdClassifier, patterns: np.ndarray) -> np.ndarray:
+    """Space-group probabilities at temperature 1, to show what calibration changed."""
+    temperature = model.temperature.clone()
+    model.temperature.fill_(1.0)
+    try:
+        return probabilities(model, patterns)[1]
+    finally:
+        model.temperature.copy_(temperature)
 
 
 def scores(
@@ -111,7 +145,7 @@ def scores(
     p_crystal_system: np.ndarray,
     p_space_group: np.ndarray,
 ) -> dict[str, float]:
-    """Accuracy, top-5 accuracy and macro-F1 of both tasks."""
+    """Accuracy, top-k accuracy, macro-F1 and calibration error of both tasks."""
     cs_pred = p_crystal_system.argmax(1)
     sg_pred = p_space_group.argmax(1) + 1
     return {
@@ -121,6 +155,8 @@ def scores(
         "space_group_accuracy": accuracy(space_group, sg_pred),
         "space_group_top5_accuracy": top_k_accuracy(space_group, p_space_group, 5, offset=1),
         "space_group_macro_f1": macro_f1(space_group, sg_pred),
+        "crystal_system_ece": expected_calibration_error(crystal_system, p_crystal_system),
+        "space_group_ece": expected_calibration_error(space_group, p_space_group, offset=1),
     }
 
 
@@ -238,6 +274,22 @@ def evaluate_models(
             p_cs, p_sg = probabilities(model, patterns[held])
             for key, value in scores(cs[held], sg[held], p_cs, p_sg).items():
                 metrics[f"rruff_heldout/{name}/{variant}/{key}"] = value
+            raw_sg = uncalibrated_space_group(model, patterns[held])
+            prefix = f"rruff_heldout/{name}/{variant}"
+            metrics[f"{prefix}/temperature_crystal_system"] = float(model.temperature[0])
+            metrics[f"{prefix}/temperature_space_group"] = float(model.temperature[1])
+            metrics[f"{prefix}/space_group_ece_uncalibrated"] = expected_calibration_error(
+                sg[held], raw_sg, offset=1
+            )
+            if figures is not None:
+                reliability_figure(
+                    {
+                        "uncalibrated": (raw_sg.max(1), raw_sg.argmax(1) + 1 == sg[held]),
+                        "calibrated": (p_sg.max(1), p_sg.argmax(1) + 1 == sg[held]),
+                    },
+                    f"{name} ({variant}): space group, RRUFF held-out",
+                    Path(figures) / f"reliability_{name}_{variant}.png",
+                )
             correct = p_sg.argmax(1) + 1 == sg[held]
             for key, value in accuracy_at_coverage(correct, p_sg.max(1)).items():
                 metrics[f"rruff_heldout/{name}/{variant}/space_group_{key}"] = value

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from nanoxtal.files import atomic_write
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS, N_SPACE_GROUPS, build_net
 
 
@@ -37,6 +39,43 @@ def smoothed_cross_entropy(
         return nll
     uniform = -torch.log_softmax(logits, dim=1).mean(dim=1).mean()
     return (1.0 - smoothing) * nll + smoothing * uniform
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The softmax temperature minimising the negative log-likelihood of held-out labels.
+
+    Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017)
+    divides the logits by one scalar T > 0: the ranking, hence accuracy, is unchanged while the
+    probabilities become calibrated. T is found by a bounded 1-D search on log T (the NLL is
+    smooth and unimodal in it), which needs no learning rate.
+
+    Args:
+        logits: Uncalibrated logits (N, classes).
+        labels: True class indices (N,).
+
+    Returns:
+        T, within [0.05, 20].
+    """
+    logits, labels = logits.detach().double(), labels.detach().long()
+
+    def nll(log_t: float) -> float:
+        return float(nn.functional.cross_entropy(logits / np.exp(log_t), labels))
+
+    # Golden-section search over log T in [log 0.05, log 20].
+    low, high = np.log(0.05), np.log(20.0)
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    f_a, f_b = nll(a), nll(b)
+    for _ in range(60):
+        if f_a < f_b:
+            high, b, f_b = b, a, f_a
+            a = high - ratio * (high - low)
+            f_a = nll(a)
+        else:
+            low, a, f_a = a, b, f_b
+            b = low + ratio * (high - low)
+            f_b = nll(b)
+    return float(np.exp((low + high) / 2.0))
 
 
 class XrdClassifier(pl.LightningModule):
@@ -76,10 +115,44 @@ class XrdClassifier(pl.LightningModule):
         sg = torch.ones(N_SPACE_GROUPS) if space_group_weights is None else space_group_weights
         self.register_buffer("crystal_system_weights", cs.float())
         self.register_buffer("space_group_weights", sg.float())
+        # Softmax temperatures of the two heads (``calibrate``); 1 until calibrated.
+        self.register_buffer("temperature", torch.ones(2))
 
     def forward(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits for patterns (B, points)."""
         return self.net(patterns)
+
+    @torch.no_grad()
+    def predict_proba(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated probabilities of crystal systems (B, 7) and space groups (B, 230)."""
+        cs_logits, sg_logits = self(patterns)
+        return (
+            torch.softmax(cs_logits / self.temperature[0], 1),
+            torch.softmax(sg_logits / self.temperature[1], 1),
+        )
+
+    @torch.no_grad()
+    def calibrate(
+        self, patterns: torch.Tensor, crystal_system: torch.Tensor, space_group: torch.Tensor
+    ) -> tuple[float, float]:
+        """Fit the temperatures of both heads on labelled patterns (``fit_temperature``).
+
+        Args:
+            patterns: Patterns never trained on (B, points).
+            crystal_system: Labels 0-6 (B,).
+            space_group: Labels 1-230 (B,).
+
+        Returns:
+            The crystal-system and space-group temperatures, also stored in the model.
+        """
+        self.eval()
+        cs_logits, sg_logits = self(patterns)
+        temperatures = (
+            fit_temperature(cs_logits, crystal_system),
+            fit_temperature(sg_logits, space_group - 1),
+        )
+        self.temperature.copy_(torch.tensor(temperatures))
+        return temperatures
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         cs_logits, sg_logits = self(batch["pattern"])
@@ -141,3 +214,25 @@ def load_classifier(checkpoint: Path | str, map_location: str = "cpu") -> XrdCla
     net = build_net(arch.pop("name"), **arch)
     model = XrdClassifier.load_from_checkpoint(checkpoint, net=net, map_location=map_location)
     return model.eval()
+
+
+def calibrate_checkpoint(
+    checkpoint: Path | str,
+    patterns: torch.Tensor,
+    crystal_system: torch.Tensor,
+    space_group: torch.Tensor,
+) -> tuple[float, float]:
+    """Calibrate a saved classifier and store its temperatures in the checkpoint.
+
+    The temperatures come from ``XrdClassifier.calibrate``; the file is replaced atomically.
+
+    Returns:
+        The crystal-system and space-group temperatures.
+    """
+    model = load_classifier(checkpoint)
+    temperatures = model.calibrate(patterns, crystal_system, space_group)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state["state_dict"]["temperature"] = model.temperature.detach().cpu().clone()
+    with atomic_write(checkpoint) as partial:
+        torch.save(state, partial)
+    return temperatures

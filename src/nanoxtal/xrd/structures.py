@@ -20,6 +20,9 @@ from pymatgen.analysis.diffraction.xrd import ATOMIC_SCATTERING_PARAMS
 from pymatgen.core import Structure
 from pymatgen.io.cif import CifParser
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+from pyxtal import pyxtal as PyXtal
+from pyxtal.msg import Comp_CompatibilityError
+from pyxtal.symmetry import Group
 from tqdm.auto import tqdm
 
 CRYSTAL_SYSTEMS = (
@@ -215,6 +218,11 @@ def _label_one(source: Source, symprec: float, angle_tolerance: float) -> dict:
         labelled = symmetrize(source.id, parse_cif(source.cif), symprec, angle_tolerance)
     except StructureError as error:
         return {"id": source.id, "reason": str(error)}
+    return _row(labelled)
+
+
+def _row(labelled: Labelled) -> dict:
+    """The table row (``TABLE_COLUMNS`` less split) of a labelled structure."""
     structure = labelled.structure
     return {
         "id": labelled.id,
@@ -277,3 +285,181 @@ def build_table(
     table = pd.DataFrame(good, columns=[c for c in TABLE_COLUMNS if c != "split"])
     table.insert(4, "split", split_by_formula(list(table["formula"]), fractions, seed))
     return table, rejects
+
+
+@dataclass(frozen=True)
+class RandomCrystalSettings:
+    """How random symmetric crystals are drawn (``xrd.random`` config block).
+
+    Attributes:
+        per_group: Each space group is filled up to this many training structures.
+        max_species: Most distinct elements per crystal.
+        max_atoms: Most atoms in the conventional cell.
+        attempts: Draws per crystal before the space group is reported as not filled.
+    """
+
+    per_group: int = 20
+    max_species: int = 3
+    max_atoms: int = 120
+    attempts: int = 30
+
+
+def random_crystal(
+    structure_id: str,
+    space_group: int,
+    elements: Sequence[str],
+    weights: Sequence[float],
+    rng: np.random.Generator,
+    settings: RandomCrystalSettings,
+) -> Labelled:
+    """One random crystal of a space group, drawn with PyXtal.
+
+    PyXtal: Fredericks et al., Comput. Phys. Commun. 261, 107810 (2021). Each element occupies
+    the sites of one Wyckoff position of the group (the first element the general position when
+    the cell stays small enough, the others a position drawn uniformly), so the composition is
+    always compatible with the symmetry; PyXtal places the atoms with sensible interatomic
+    distances and a volume from atomic radii. A draw is kept only when spglib finds exactly the
+    intended group: atoms can land on special positions of a higher symmetry.
+
+    Args:
+        structure_id: Identifier of the crystal.
+        space_group: ITA number, 1-230.
+        elements: Element symbols to draw from.
+        weights: Relative frequency of each element (e.g. its frequency in the database).
+        rng: Random generator (the only source of randomness).
+        settings: Composition and size limits.
+
+    Returns:
+        The crystal in its conventional standard cell, labelled.
+
+    Raises:
+        StructureError: No valid crystal in ``settings.attempts`` draws.
+    """
+    multiplicities = [w.multiplicity for w in Group(space_group).Wyckoff_positions]
+    probabilities = np.asarray(weights, dtype=float) / np.sum(weights)
+    last_error = "no attempt"
+    for _ in range(settings.attempts):
+        count = int(rng.integers(1, min(settings.max_species, len(elements)) + 1))
+        # PyXtal looks radii up by exact type: numpy strings must become str.
+        species = [str(e) for e in rng.choice(elements, count, replace=False, p=probabilities)]
+        # The first element takes the general position when it fits: atoms only on special
+        # positions often have a higher symmetry than the group drawn.
+        atoms = [int(rng.choice(multiplicities)) for _ in species]
+        if multiplicities[0] <= settings.max_atoms - sum(atoms[1:]):
+            atoms[0] = multiplicities[0]
+        if sum(atoms) > settings.max_atoms:
+            last_error = f"more than {settings.max_atoms} atoms"
+            continue
+        crystal = PyXtal()
+        try:
+            crystal.from_random(
+                3, space_group, species, atoms, random_state=int(rng.integers(2**31))
+            )
+        except (Comp_CompatibilityError, RuntimeError, ValueError) as error:
+            last_error = f"PyXtal: {error}"
+            continue
+        if not crystal.valid:
+            last_error = "PyXtal found no valid placement"
+            continue
+        labelled = symmetrize(structure_id, crystal.to_pymatgen())
+        if labelled.space_group == space_group:
+            return labelled
+        last_error = f"drawn crystals had a higher symmetry (e.g. {labelled.space_group})"
+    raise StructureError(f"space group {space_group}: {last_error}")
+
+
+def _fill_group(
+    space_group: int,
+    count: int,
+    elements: Sequence[str],
+    weights: Sequence[float],
+    excluded_formulas: frozenset[str],
+    seed: int,
+    settings: RandomCrystalSettings,
+) -> list[dict]:
+    """``count`` rows of random crystals of ``space_group`` (``random_crystal``).
+
+    A crystal whose formula is in ``excluded_formulas`` is drawn again. Unfilled places become
+    rejects with the reason.
+    """
+    rng = np.random.default_rng([seed, space_group])
+    rows: list[dict] = []
+    for index in range(count):
+        structure_id = f"pyxtal-{space_group}-{index}"
+        reason = "no attempt"
+        for _ in range(settings.attempts):
+            try:
+                labelled = random_crystal(
+                    structure_id, space_group, elements, weights, rng, settings
+                )
+            except StructureError as error:
+                reason = str(error)
+                continue
+            if labelled.formula not in excluded_formulas:
+                rows.append(_row(labelled))
+                break
+            reason = f"formula {labelled.formula} is in the validation or test split"
+        else:
+            rows.append({"id": structure_id, "reason": reason})
+    return rows
+
+
+def fill_space_groups(
+    table: pd.DataFrame,
+    settings: RandomCrystalSettings,
+    seed: int = 42,
+    workers: int = 1,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Random crystals that fill every space group up to ``settings.per_group`` training structures.
+
+    Elements are drawn with their frequency in the training split, so the chemistry resembles
+    the database. The crystals join the training split; their formulas avoid the validation and
+    test splits, so no formula is in two splits. Each space group has its own seeded stream:
+    the result does not depend on ``workers``.
+
+    Args:
+        table: Structure table (``build_table``).
+        settings: How many crystals and of what size.
+        seed: Seed of the draws.
+        workers: Processes.
+        progress: Show a progress bar.
+
+    Returns:
+        The random crystals (``TABLE_COLUMNS``, split ``train``) and the places that could not
+        be filled (``id``, ``reason``).
+    """
+    train = table[table["split"] == "train"]
+    counts = train["space_group"].value_counts()
+    wanted = {
+        sg: settings.per_group - int(counts.get(sg, 0))
+        for sg in range(1, 231)
+        if counts.get(sg, 0) < settings.per_group
+    }
+    symbols = pd.Series(np.concatenate(train["species"].to_numpy())) if len(train) else None
+    if symbols is None or symbols.empty:
+        frequency = pd.Series(1.0, index=sorted(ATOMIC_SCATTERING_PARAMS))
+    else:
+        frequency = symbols.value_counts()
+    frequency = frequency[frequency.index.isin(list(ATOMIC_SCATTERING_PARAMS))]
+    elements, weights = list(frequency.index), frequency.to_numpy(dtype=float)
+    excluded = frozenset(table.loc[table["split"] != "train", "formula"])
+    jobs = [(sg, n, elements, weights, excluded, seed, settings) for sg, n in wanted.items()]
+    rows: list[dict] = []
+    total = sum(wanted.values())
+    with tqdm(total=total, desc="random crystals", unit="crystal", disable=not progress) as bar:
+        if workers > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for result in pool.map(_fill_group, *zip(*jobs, strict=True)):
+                    rows.extend(result)
+                    bar.update(len(result))
+        else:
+            for job in jobs:
+                result = _fill_group(*job)
+                rows.extend(result)
+                bar.update(len(result))
+    good = [r for r in rows if "reason" not in r]
+    rejects = pd.DataFrame([r for r in rows if "reason" in r], columns=["id", "reason"])
+    crystals = pd.DataFrame(good, columns=[c for c in TABLE_COLUMNS if c != "split"])
+    crystals.insert(4, "split", "train")
+    return crystals, rejects

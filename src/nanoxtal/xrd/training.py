@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,12 @@ from nanoxtal.files import atomic_write
 from nanoxtal.train import TrainerSettings, fit, run_key, seed_run
 from nanoxtal.xrd.datamodule import MeasuredDataModule, XrdDataModule
 from nanoxtal.xrd.io import read_patterns, to_grid
-from nanoxtal.xrd.module import XrdClassifier, class_weights, load_classifier
+from nanoxtal.xrd.module import (
+    XrdClassifier,
+    calibrate_checkpoint,
+    class_weights,
+    load_classifier,
+)
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS, N_SPACE_GROUPS, build_net
 
 
@@ -59,7 +65,7 @@ def _fingerprint(*paths: Path | str) -> list[str]:
 
 
 def train_classifier(
-    structures: Path | str,
+    structures: Path | str | Sequence[Path | str],
     peaks: Path | str,
     stage_dir: Path | str,
     settings: TrainSettings,
@@ -67,12 +73,20 @@ def train_classifier(
 ) -> Path:
     """Train on rendered stick patterns of the train split; validate on the val split.
 
+    Args:
+        structures: Structure table(s): the database's and, optionally, random crystals.
+        peaks: Peak table of all of them.
+        stage_dir: Stage folder (``results/xrd/<arch>``).
+        settings: What the run does.
+        trainer: Trainer settings.
+
     Returns:
         The published best checkpoint, ``<stage_dir>/models/best.ckpt``.
     """
+    paths = [str(structures)] if isinstance(structures, str | Path) else list(map(str, structures))
     seed_run(trainer)
     data = XrdDataModule(
-        str(structures),
+        paths,
         str(peaks),
         settings.batch_size,
         settings.train_per_epoch,
@@ -99,7 +113,7 @@ def train_classifier(
             torch.as_tensor(train.space_group - 1), N_SPACE_GROUPS, settings.class_weight_power
         ),
     )
-    key = run_key(asdict(settings), asdict(trainer), _fingerprint(structures, peaks))
+    key = run_key(asdict(settings), asdict(trainer), _fingerprint(*paths, peaks))
     return fit(module, data, stage_dir, trainer, key)
 
 
@@ -152,7 +166,9 @@ def finetune_classifier(
     """Fine-tune a trained classifier on the fine-tune part of a labelled measured set.
 
     The held-out part (``rruff_split``) is never seen: validation comes from a further split of
-    the fine-tune part. The split is written to ``<stage_dir>/split.json``.
+    the fine-tune part, which also calibrates the probabilities (temperature scaling, stored in
+    the published checkpoint and ``<stage_dir>/calibration.json``). The split is written to
+    ``<stage_dir>/split.json``.
 
     Returns:
         The published fine-tuned checkpoint, ``<stage_dir>/models/best.ckpt``.
@@ -184,4 +200,21 @@ def finetune_classifier(
     with atomic_write(Path(stage_dir) / "split.json") as partial:
         partial.write_text(json.dumps(split) + "\n")
     key = run_key(asdict(settings), asdict(trainer), _fingerprint(checkpoint, measured))
-    return fit(module, data, stage_dir, trainer, key)
+    published = fit(module, data, stage_dir, trainer, key)
+    # Calibrate on the fine-tune validation rows: measured, never trained on, not held out.
+    calibration_rows = tune_rows[np.sort(validation[:n_val])]
+    temperatures = calibrate_checkpoint(
+        published,
+        torch.as_tensor(patterns[calibration_rows], dtype=torch.float32),
+        torch.as_tensor(crystal_system[calibration_rows]),
+        torch.as_tensor(space_group[calibration_rows]),
+    )
+    calibration = {
+        "method": "temperature scaling (Guo et al., ICML 2017)",
+        "rows": calibration_rows.tolist(),
+        "temperature_crystal_system": temperatures[0],
+        "temperature_space_group": temperatures[1],
+    }
+    with atomic_write(Path(stage_dir) / "calibration.json") as partial:
+        partial.write_text(json.dumps(calibration, indent=2) + "\n")
+    return published
