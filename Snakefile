@@ -17,6 +17,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/xrd.smk"
+include: "workflow/rules/recipes.smk"
 
 
 rule all:

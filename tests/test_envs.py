@@ -21,8 +21,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 ENVS = sorted((REPO / "envs").glob("*.yaml"))
-# Tools the workflow runs rather than imports, the package itself, and pyarrow (pandas'
-# parquet engine, which pandas imports on our behalf).
+# Tools the workflow runs rather than imports, the package itself, and pyarrow and openpyxl
+# (pandas' parquet and xlsx engines, which pandas imports on our behalf).
 NOT_IMPORTED = {
     "snakemake",
     "snakemake-executor-plugin-slurm",
@@ -30,6 +30,7 @@ NOT_IMPORTED = {
     "ruff",
     "nanoxtal",
     "pyarrow",
+    "openpyxl",
 }
 
 

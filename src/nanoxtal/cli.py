@@ -17,6 +17,7 @@ from nanoxtal import __version__
 from nanoxtal.data import DatasetError, datasets, get_dataset, import_dataset, verify
 from nanoxtal.data.registry import Dataset, manifest_entry, missing_files
 from nanoxtal.files import atomic_write
+from nanoxtal.recipes.cli import add_commands as recipe_commands
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -494,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     _add_data_commands(stages)
     _add_xrd_commands(stages)
+    recipe_commands(stages)
     return parser
 
 

@@ -119,3 +119,34 @@ def reliability_figure(
     with atomic_write(path) as partial:
         figure.savefig(partial, dpi=120, format=path.suffix.lstrip(".") or "png")
     return path
+
+
+def parity_figure(
+    truth: np.ndarray, predicted: np.ndarray, title: str, path: Path | str, unit: str = "nm"
+) -> Path:
+    """Save a parity plot (predicted against true) with the identity line and the MAE.
+
+    Args:
+        truth: True values.
+        predicted: Predicted values.
+        title: Figure title.
+        path: Output image.
+        unit: Unit of both axes.
+    """
+    truth, predicted = np.asarray(truth, dtype=float), np.asarray(predicted, dtype=float)
+    figure = Figure(figsize=(4.8, 4.5))
+    axes = figure.subplots()
+    axes.scatter(truth, predicted, s=6, alpha=0.4, linewidths=0)
+    high = float(max(truth.max(), predicted.max())) * 1.05
+    axes.plot([0, high], [0, high], color="grey", linestyle=":")
+    axes.set_xlim(0, high)
+    axes.set_ylim(0, high)
+    axes.set_xlabel(f"true ({unit})")
+    axes.set_ylabel(f"predicted ({unit})")
+    mae = float(np.mean(np.abs(predicted - truth)))
+    axes.set_title(f"{title}\nMAE {mae:.2f} {unit}, n = {len(truth)}")
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_write(path) as partial:
+        figure.savefig(partial, dpi=120, format=path.suffix.lstrip(".") or "png")
+    return path

@@ -98,4 +98,6 @@ def all_targets():
             targets += ["results/xrd/metrics.json", "results/xrd/models/best.ckpt"]
             if any(name in DATASET_NAMES for name in XRD_MEASURED):
                 targets.append("results/xrd/predictions/measured.csv")
+    if "recipes" in DATASET_NAMES:
+        targets += ["results/recipes/chemicals.json", "results/recipes/metrics.json"]
     return targets

@@ -1,0 +1,1 @@
+"""Recipe stage: tidy recipes, chemicals, features, synthesis models."""

@@ -1,0 +1,196 @@
+"""``nanoxtal recipes ...`` commands: clean, chemicals, evaluate.
+
+Heavy imports happen inside the commands, so ``nanoxtal --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from nanoxtal.files import atomic_write
+
+EXIT_OK = 0
+REFERENCE_PRODUCTS = ("PbSe", "Ag2S", "Ni", "Cs2NaBiCl6")
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from nanoxtal.recipes.chemicals import Registry
+    from nanoxtal.recipes.clean import clean_recipes, read_shape_classes, read_sheet
+
+    sheet = read_sheet(args.sheet)
+    table, rejects, repairs = clean_recipes(
+        sheet, read_shape_classes(args.shapes), Registry(args.registry).role_hint
+    )
+    with atomic_write(args.out) as partial:
+        table.to_parquet(partial, index=False)
+    with atomic_write(args.rejects) as partial:
+        rejects.to_csv(partial, index=False)
+    with atomic_write(args.repairs) as partial:
+        repairs.to_csv(partial, index=False)
+    print(
+        f"{len(table)} of {len(sheet)} recipes kept; {len(rejects)} rejected "
+        f"({args.rejects}), {len(repairs)} values repaired ({args.repairs}); wrote {args.out}"
+    )
+    return EXIT_OK
+
+
+def _chemicals(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nanoxtal.recipes.chemicals import ChemicalError, Registry, product_formula
+
+    table = pd.read_parquet(args.recipes, columns=["reagents", "product"])
+    registry = Registry(args.registry)
+    coverage = registry.coverage(name for names in table["reagents"] for name in names)
+    unresolved = coverage[coverage["key"].isna()]
+    products = []
+    for product in sorted(set(table["product"])):
+        try:
+            products.append({"product": product, "formula": product_formula(product).formula})
+        except ChemicalError as error:
+            products.append({"product": product, "formula": None, "error": str(error)})
+    total = int(coverage["occurrences"].sum())
+    report = {
+        "distinct_reagents": len(coverage),
+        "occurrences": total,
+        "resolved_occurrences": total - int(unresolved["occurrences"].sum()),
+        "resolved_share": 1.0 - float(unresolved["occurrences"].sum()) / max(1, total),
+        "by_kind": coverage.groupby("kind")["occurrences"].sum().astype(int).to_dict(),
+        "unresolved": unresolved[["name", "occurrences"]].to_dict("records"),
+        "products": len(products),
+        "unparsable_products": [p for p in products if p["formula"] is None],
+    }
+    with atomic_write(args.out) as partial:
+        partial.write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_write(args.table) as partial:
+        coverage.to_csv(partial, index=False)
+    print(
+        f"{report['resolved_share']:.2%} of {total} reagent occurrences resolved "
+        f"({len(unresolved)} distinct names unresolved); {len(products)} products; wrote {args.out}"
+    )
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nanoxtal.plots import confusion_figure, parity_figure
+    from nanoxtal.recipes.chemicals import Registry
+    from nanoxtal.recipes.clean import read_shape_classes
+    from nanoxtal.recipes.evaluate import cross_validate, summarise
+    from nanoxtal.recipes.featurize import Featurizer, frequent_reagents
+
+    table = pd.read_parquet(args.recipes)
+    table = table[table["size_nm"] <= args.max_size].reset_index(drop=True)
+    registry = Registry(args.registry)
+    featurizer = Featurizer(registry, frequent_reagents(table, registry, args.vocabulary))
+    features = featurizer.transform(table)
+    metrics: dict[str, object] = {
+        "recipes": len(table),
+        "max_size_nm": args.max_size,
+        "folds": args.folds,
+        "seed": args.seed,
+        "features": len(featurizer.columns),
+        "held_out_products": list(args.products),
+    }
+    predictions = []
+    figures = Path(args.figures)
+    shapes = read_shape_classes(args.shapes)
+    for model in args.models:
+        for protocol in ("random", "doi", "product"):
+            result = cross_validate(
+                table,
+                features,
+                protocol,
+                model,
+                args.folds,
+                args.seed,
+                args.products,
+                args.threads,
+                args.trees,
+            )
+            result.insert(0, "model", model)
+            result.insert(1, "protocol", protocol)
+            predictions.append(result)
+            scores = summarise(result, by_fold=protocol == "product")
+            if protocol != "product":
+                scores |= summarise(result)
+            metrics |= {f"{protocol}/{model}/{key}": value for key, value in scores.items()}
+            print(
+                f"{model} {protocol}: "
+                + ", ".join(
+                    f"{k} {v:.3f}" for k, v in scores.items() if k.endswith(("mae_nm", "accuracy"))
+                )
+            )
+            if protocol != "product":
+                parity_figure(
+                    result["size_nm"],
+                    result["predicted_size_nm"],
+                    f"{model}, {protocol} {args.folds}-fold",
+                    figures / f"parity_{model}_{protocol}.png",
+                )
+                confusion_figure(
+                    _confusion(result, len(shapes)),
+                    shapes,
+                    f"shape, {model}, {protocol} {args.folds}-fold",
+                    figures / f"shape_confusion_{model}_{protocol}.png",
+                )
+    with atomic_write(args.predictions) as partial:
+        pd.concat(predictions, ignore_index=True).to_parquet(partial, index=False)
+    with atomic_write(args.out) as partial:
+        partial.write_text(json.dumps(metrics, indent=2) + "\n")
+    return EXIT_OK
+
+
+def _confusion(result, classes: int):
+    import numpy as np
+
+    matrix = np.zeros((classes, classes), dtype=int)
+    np.add.at(matrix, (result["shape_class"], result["predicted_shape_class"]), 1)
+    return matrix
+
+
+def add_commands(stages: argparse._SubParsersAction) -> None:
+    """Register ``nanoxtal recipes`` and its verbs."""
+    recipes = stages.add_parser("recipes", help="synthesis recipes: clean, chemicals, evaluate")
+    verbs = recipes.add_subparsers(dest="verb", required=True, metavar="VERB")
+    registry = argparse.ArgumentParser(add_help=False)
+    registry.add_argument(
+        "--registry", type=Path, help="chemical registry .yaml (default: the package's)"
+    )
+
+    clean = verbs.add_parser("clean", parents=[registry], help="tidy the raw recipe workbook")
+    clean.add_argument("sheet", type=Path, help="raw_recipe_dataset.xlsx")
+    clean.add_argument("--shapes", type=Path, required=True, help="shape_classes.txt")
+    clean.add_argument("--out", type=Path, required=True, help="tidy recipes (.parquet)")
+    clean.add_argument("--rejects", type=Path, required=True, help="rejected rows (.csv)")
+    clean.add_argument("--repairs", type=Path, required=True, help="repaired values (.csv)")
+    clean.set_defaults(func=_clean)
+
+    chemicals = verbs.add_parser(
+        "chemicals", parents=[registry], help="resolve reagents and products; coverage report"
+    )
+    chemicals.add_argument("recipes", type=Path, help="tidy recipes (.parquet)")
+    chemicals.add_argument("--out", type=Path, required=True, help="coverage report (.json)")
+    chemicals.add_argument("--table", type=Path, required=True, help="per-name resolution (.csv)")
+    chemicals.set_defaults(func=_chemicals)
+
+    evaluate = verbs.add_parser(
+        "evaluate", parents=[registry], help="cross-validated size and shape models"
+    )
+    evaluate.add_argument("recipes", type=Path, help="tidy recipes (.parquet)")
+    evaluate.add_argument("--shapes", type=Path, required=True, help="shape_classes.txt")
+    evaluate.add_argument("--out", type=Path, required=True, help="metrics (.json)")
+    evaluate.add_argument("--predictions", type=Path, required=True, help="out-of-fold .parquet")
+    evaluate.add_argument("--figures", type=Path, required=True, help="folder for figures")
+    evaluate.add_argument("--models", nargs="+", default=["random_forest", "gradient_boosting"])
+    evaluate.add_argument("--max-size", type=float, default=20.0, help="nm, as the reference")
+    evaluate.add_argument("--folds", type=int, default=5)
+    evaluate.add_argument("--products", nargs="*", default=list(REFERENCE_PRODUCTS))
+    evaluate.add_argument("--vocabulary", type=int, default=60, help="reagents with own column")
+    evaluate.add_argument("--trees", type=int, default=300, help="trees / boosting iterations")
+    evaluate.add_argument("--threads", type=int, default=1)
+    evaluate.add_argument("--seed", type=int, default=42)
+    evaluate.set_defaults(func=_evaluate)

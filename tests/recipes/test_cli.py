@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from nanoxtal.cli import main
+
+
+def test_clean_chemicals_evaluate(tmp_path, workbook):
+    path, shapes = workbook
+    table = tmp_path / "recipes.parquet"
+    args = ["recipes", "clean", str(path), "--shapes", str(shapes), "--out", str(table)]
+    args += ["--rejects", str(tmp_path / "rej.csv"), "--repairs", str(tmp_path / "rep.csv")]
+    assert main(args) == 0
+    assert len(pd.read_parquet(table)) == 5
+    assert len(pd.read_csv(tmp_path / "rej.csv")) == 4
+
+    report = tmp_path / "chemicals.json"
+    args = ["recipes", "chemicals", str(table), "--out", str(report)]
+    assert main([*args, "--table", str(tmp_path / "chemicals.csv")]) == 0
+    coverage = json.loads(report.read_text())
+    assert coverage["resolved_share"] == 1.0 and coverage["unparsable_products"] == []
+
+    # Enough rows to cross-validate: the good recipe with varied temperatures.
+    recipes = pd.read_parquet(table)
+    many = pd.concat([recipes] * 8, ignore_index=True)
+    many["recipe_id"] = range(len(many))
+    many["doi"] = [f"d{i % 4}" for i in range(len(many))]
+    many["reaction_temperature_c"] = 100 + 5 * many.index
+    many["size_nm"] = 2 + 0.2 * many.index
+    many.to_parquet(tmp_path / "many.parquet", index=False)
+    args = ["recipes", "evaluate", str(tmp_path / "many.parquet"), "--shapes", str(shapes)]
+    args += ["--out", str(tmp_path / "m.json"), "--predictions", str(tmp_path / "p.parquet")]
+    args += ["--figures", str(tmp_path / "fig"), "--models", "random_forest", "--folds", "2"]
+    args += ["--products", "CdSe", "--trees", "10"]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["recipes"] == 40  # all sizes up to 9.8 nm
+    for key in ("random/random_forest/size_mae_nm", "doi/random_forest/shape_accuracy"):
+        assert metrics[key] >= 0
+    assert "product/random_forest/CdSe/size_mae_nm" in metrics
+    assert (tmp_path / "fig" / "parity_random_forest_random.png").is_file()
+    assert (tmp_path / "fig" / "shape_confusion_random_forest_doi.png").is_file()

@@ -1,0 +1,70 @@
+# Recipe stage: tidy the raw workbook, resolve chemicals, cross-validate size and shape models.
+
+
+rule recipes_clean:
+    input:
+        dataset_dir("recipes"),
+    output:
+        table="results/recipes/recipes.parquet",
+        rejects="results/recipes/rejects.csv",
+        repairs="results/recipes/repairs.csv",
+    params:
+        sheet=lambda wildcards, input: f"{input[0]}/raw_recipe_dataset.xlsx",
+        shapes=lambda wildcards, input: f"{input[0]}/shape_classes.txt",
+    log:
+        "logs/recipes/clean.log",
+    conda:
+        "../../envs/recipes.yaml"
+    shell:
+        "nanoxtal recipes clean {params.sheet:q} --shapes {params.shapes:q}"
+        " --out {output.table:q} --rejects {output.rejects:q} --repairs {output.repairs:q}"
+        " > {log:q} 2>&1"
+
+
+rule recipes_chemicals:
+    input:
+        rules.recipes_clean.output.table,
+    output:
+        report="results/recipes/chemicals.json",
+        table="results/recipes/chemicals.csv",
+    log:
+        "logs/recipes/chemicals.log",
+    conda:
+        "../../envs/recipes.yaml"
+    shell:
+        "nanoxtal recipes chemicals {input:q} --out {output.report:q} --table {output.table:q}"
+        " > {log:q} 2>&1"
+
+
+rule recipes_evaluate:
+    input:
+        table=rules.recipes_clean.output.table,
+        data=dataset_dir("recipes"),
+    output:
+        metrics="results/recipes/metrics.json",
+        predictions="results/recipes/predictions.parquet",
+        figures=directory("results/recipes/figures"),
+    params:
+        shapes=lambda wildcards, input: f"{input.data}/shape_classes.txt",
+        settings=config["recipes"]["evaluate"],
+        models=" ".join(config["recipes"]["evaluate"]["models"]),
+        products=" ".join(config["recipes"]["evaluate"]["held_out_products"]),
+        seed=config["seed"],
+    log:
+        "logs/recipes/evaluate.log",
+    benchmark:
+        "results/benchmarks/recipes/evaluate.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../../envs/recipes.yaml"
+    shell:
+        "nanoxtal recipes evaluate {input.table:q} --shapes {params.shapes:q}"
+        " --out {output.metrics:q} --predictions {output.predictions:q}"
+        " --figures {output.figures:q} --models {params.models}"
+        " --max-size {params.settings[max_size_nm]} --folds {params.settings[folds]}"
+        " --products {params.products} --vocabulary {params.settings[vocabulary]}"
+        " --trees {params.settings[trees]} --threads {threads} --seed {params.seed}"
+        " > {log:q} 2>&1"
