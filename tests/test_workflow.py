@@ -169,6 +169,12 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     ):
         assert (workdir / "logs" / log).is_file(), log
     assert (workdir / "results" / "benchmarks" / "xrd" / "simulate.tsv").is_file()
+    recipes = json.loads((workdir / "results" / "recipes" / "metrics.json").read_text())
+    assert recipes["recipes"] > 2000  # sizes up to 20 nm of the real workbook
+    assert recipes["random/random_forest/size_mae_nm"] > 0
+    assert "product/random_forest/PbSe/size_mae_nm" in recipes
+    coverage = json.loads((workdir / "results" / "recipes" / "chemicals.json").read_text())
+    assert coverage["resolved_share"] >= 0.98
     metrics = json.loads((workdir / "results" / "xrd" / "metrics.json").read_text())
     assert metrics["rruff_heldout_size"] + metrics["rruff_finetune_size"] == 454
     for key in (
