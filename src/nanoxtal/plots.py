@@ -41,10 +41,7 @@ def confusion_figure(
             axes.text(j, i, str(count), ha="center", va="center", fontsize=8, color=colour)
     figure.colorbar(image, ax=axes, label="share of the true class")
     figure.tight_layout()
-    path = Path(path)
-    with atomic_write(path) as partial:
-        figure.savefig(partial, dpi=120, format=path.suffix.lstrip(".") or "png")
-    return path
+    return _save(figure, path)
 
 
 def attribution_figure(
@@ -115,10 +112,7 @@ def reliability_figure(
     axes.set_title(title)
     axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
-    path = Path(path)
-    with atomic_write(path) as partial:
-        figure.savefig(partial, dpi=120, format=path.suffix.lstrip(".") or "png")
-    return path
+    return _save(figure, path)
 
 
 def parity_figure(
@@ -146,6 +140,11 @@ def parity_figure(
     mae = float(np.mean(np.abs(predicted - truth)))
     axes.set_title(f"{title}\nMAE {mae:.2f} {unit}, n = {len(truth)}")
     figure.tight_layout()
+    return _save(figure, path)
+
+
+def _save(figure: Figure, path: Path | str) -> Path:
+    """Write a figure atomically in the format its suffix names (PNG by default)."""
     path = Path(path)
     with atomic_write(path) as partial:
         figure.savefig(partial, dpi=120, format=path.suffix.lstrip(".") or "png")
