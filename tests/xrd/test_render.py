@@ -7,6 +7,7 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
+from nanoxtal.xrd.radiation import WAVELENGTHS
 from nanoxtal.xrd.render import (
     Augmentation,
     Grid,
@@ -15,7 +16,7 @@ from nanoxtal.xrd.render import (
     peak_fwhm,
     pseudo_voigt,
 )
-from nanoxtal.xrd.simulate import WAVELENGTHS, stick_pattern
+from nanoxtal.xrd.simulate import stick_pattern
 
 CLEAN = Augmentation.clean()
 GRID = Grid()

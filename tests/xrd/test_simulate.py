@@ -8,8 +8,8 @@ import pytest
 from pymatgen.analysis.diffraction.xrd import XRDCalculator
 from pymatgen.core import Lattice, Structure
 
+from nanoxtal.xrd.radiation import WAVELENGTHS
 from nanoxtal.xrd.simulate import (
-    WAVELENGTHS,
     SimulationError,
     compare_sticks,
     merge_equal,

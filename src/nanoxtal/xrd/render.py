@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from nanoxtal.xrd.simulate import WAVELENGTHS
+from nanoxtal.xrd.radiation import WAVELENGTHS
 
 
 @dataclass(frozen=True)

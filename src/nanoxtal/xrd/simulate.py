@@ -29,21 +29,8 @@ import pandas as pd
 from pymatgen.analysis.diffraction.xrd import ATOMIC_SCATTERING_PARAMS
 from pymatgen.core import Element, Structure
 
-# X-ray emission lines in Å (the values pymatgen's XRDCalculator uses; Kα is the 2:1 weighted
-# mean of Kα1 and Kα2). Bearden, Rev. Mod. Phys. 39, 78 (1967).
-WAVELENGTHS: dict[str, float] = {
-    "CuKa": 1.54184,
-    "CuKa1": 1.54056,
-    "CuKa2": 1.54439,
-    "MoKa": 0.71073,
-    "MoKa1": 0.70930,
-    "MoKa2": 0.71359,
-    "CoKa": 1.79026,
-    "CoKa1": 1.78896,
-    "CrKa": 2.29100,
-    "FeKa": 1.93735,
-    "AgKa": 0.560885,
-}
+from nanoxtal.xrd.radiation import wavelength_of
+
 # Same 2θ within this tolerance (degrees) counts as one peak (pymatgen's TWO_THETA_TOL).
 TWO_THETA_TOL = 1e-5
 # Peaks below this fraction of the strongest (in units of 100) are dropped, as in pymatgen.
@@ -77,26 +64,6 @@ class StickPattern:
 
     def __len__(self) -> int:
         return len(self.two_theta)
-
-
-def wavelength_of(radiation: str | float) -> float:
-    """Wavelength in Å of a named line (e.g. ``"CuKa"``, ``"MoKa1"``) or a number in Å.
-
-    A string holding a number (``"0.7093"``, ``".7093"``) counts as a wavelength in Å.
-    """
-    if isinstance(radiation, str):
-        try:
-            radiation = float(radiation)
-        except ValueError:
-            if radiation not in WAVELENGTHS:
-                raise ValueError(
-                    f"unknown radiation {radiation!r}; use a wavelength in Å or one of "
-                    f"{sorted(WAVELENGTHS)}"
-                ) from None
-            return WAVELENGTHS[radiation]
-    if not 0.05 <= float(radiation) <= 5.0:
-        raise ValueError(f"wavelength {radiation} Å is outside 0.05-5 Å")
-    return float(radiation)
 
 
 def two_theta_to_g(two_theta: float, wavelength: float) -> float:
