@@ -33,12 +33,18 @@ def test_clean_chemicals_evaluate(tmp_path, workbook):
     args = ["recipes", "evaluate", str(tmp_path / "many.parquet"), "--shapes", str(shapes)]
     args += ["--out", str(tmp_path / "m.json"), "--predictions", str(tmp_path / "p.parquet")]
     args += ["--figures", str(tmp_path / "fig"), "--models", "random_forest", "--folds", "2"]
-    args += ["--products", "CdSe", "--trees", "10"]
+    args += ["--products", "CdSe", "--trees", "10", "--augmented", str(tmp_path / "a.parquet")]
     assert main(args) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["recipes"] == 40  # all sizes up to 9.8 nm
-    for key in ("random/random_forest/size_mae_nm", "doi/random_forest/shape_accuracy"):
-        assert metrics[key] >= 0
+    for model in ("random_forest", "random_forest+intermediates"):
+        for key in (f"random/{model}/size_mae_nm", f"doi/{model}/shape_accuracy"):
+            assert metrics[key] >= 0
+    # PbO + OA and Se + TOP react: 3 subsets x 2 conversions; the recipe with nonanoic acid
+    # as well has 7 subsets x 2, capped at 10 (each of the 5 recipes is there 8 times).
+    augmented = pd.read_parquet(tmp_path / "a.parquet")
+    assert metrics["augmentation"]["augmented_rows"] == len(augmented) == (4 * 6 + 10) * 8
+    assert set(augmented["source_id"]) == set(many["recipe_id"][:40])
     assert "product/random_forest/CdSe/size_mae_nm" in metrics
     assert (tmp_path / "fig" / "parity_random_forest_random.png").is_file()
     assert (tmp_path / "fig" / "shape_confusion_random_forest_doi.png").is_file()

@@ -43,6 +43,7 @@ rule recipes_evaluate:
     output:
         metrics="results/recipes/metrics.json",
         predictions="results/recipes/predictions.parquet",
+        augmented="results/recipes/augmented.parquet",
         figures=directory("results/recipes/figures"),
     params:
         shapes=lambda wildcards, input: f"{input.data}/shape_classes.txt",
@@ -50,6 +51,10 @@ rule recipes_evaluate:
         models=" ".join(config["recipes"]["evaluate"]["models"]),
         products=" ".join(config["recipes"]["evaluate"]["held_out_products"]),
         seed=config["seed"],
+        augmentation=config["recipes"]["evaluate"]["augmentation"],
+        conversions=" ".join(
+            str(c) for c in config["recipes"]["evaluate"]["augmentation"]["conversions"]
+        ),
     log:
         "logs/recipes/evaluate.log",
     benchmark:
@@ -67,4 +72,6 @@ rule recipes_evaluate:
         " --max-size {params.settings[max_size_nm]} --folds {params.settings[folds]}"
         " --products {params.products} --vocabulary {params.settings[vocabulary]}"
         " --trees {params.settings[trees]} --threads {threads} --seed {params.seed}"
+        " --augment {params.augmentation[mode]} --augment-variants {params.augmentation[max_variants]}"
+        " --augment-conversions {params.conversions} --augmented {output.augmented:q}"
         " > {log:q} 2>&1"

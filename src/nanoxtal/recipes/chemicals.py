@@ -115,6 +115,20 @@ class Registry:
             key = next((k for k in self.chemicals if k.lower() == name.lower()), None)
         return self.chemicals.get(key) if key is not None else None
 
+    def register(self, chemical: Chemical) -> None:
+        """Add a chemical made at run time (e.g. a reaction intermediate) under its key.
+
+        Raises:
+            ChemicalError: The key names a different chemical already.
+        """
+        known = self.chemicals.get(chemical.key)
+        if known is not None and known.smiles != chemical.smiles:
+            raise ChemicalError(
+                f"cannot register {chemical.key!r} as {chemical.smiles!r}: "
+                f"the registry has it as {known.smiles!r}"
+            )
+        self.chemicals[chemical.key] = chemical
+
     def role_hint(self, name: str) -> str | None:
         """The chemical role of a name, ``None`` when unknown (``clean_recipes`` argument)."""
         chemical = self.resolve(name)

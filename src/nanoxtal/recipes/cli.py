@@ -81,6 +81,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nanoxtal.recipes.clean import read_shape_classes
     from nanoxtal.recipes.evaluate import cross_validate, summarise
     from nanoxtal.recipes.featurize import Featurizer, frequent_reagents
+    from nanoxtal.recipes.intermediates import augment, summary
 
     table = pd.read_parquet(args.recipes)
     table = table[table["size_nm"] <= args.max_size].reset_index(drop=True)
@@ -95,48 +96,78 @@ def _evaluate(args: argparse.Namespace) -> int:
         "features": len(featurizer.columns),
         "held_out_products": list(args.products),
     }
+    # (label suffix, augmented rows, their features) per training-data variant compared.
+    variants: list[tuple[str, pd.DataFrame | None, pd.DataFrame | None]] = []
+    if args.augment in ("none", "compare"):
+        variants.append(("", None, None))
+    if args.augment in ("on", "compare"):
+        augmented = augment(
+            table, registry, args.augment_conversions, args.augment_variants, args.seed
+        )
+        metrics["augmentation"] = summary(table, augmented) | {
+            "conversions": list(args.augment_conversions),
+            "max_variants": args.augment_variants,
+        }
+        print(
+            f"intermediates: {len(augmented)} augmented rows from "
+            f"{augmented['source_id'].nunique()} recipes "
+            f"(expansion {metrics['augmentation']['expansion_factor']:.2f}x)"
+        )
+        variants.append(("+intermediates", augmented, featurizer.transform(augmented)))
+    else:
+        augmented = table.iloc[:0].assign(source_id=[], reactions=[])  # none: an empty table
+    if args.augmented is not None:
+        with atomic_write(args.augmented) as partial:
+            augmented.to_parquet(partial, index=False)
     predictions = []
     figures = Path(args.figures)
     shapes = read_shape_classes(args.shapes)
     for model in args.models:
-        for protocol in ("random", "doi", "product"):
-            result = cross_validate(
-                table,
-                features,
-                protocol,
-                model,
-                args.folds,
-                args.seed,
-                args.products,
-                args.threads,
-                args.trees,
-            )
-            result.insert(0, "model", model)
-            result.insert(1, "protocol", protocol)
-            predictions.append(result)
-            scores = summarise(result, by_fold=protocol == "product")
-            if protocol != "product":
-                scores |= summarise(result)
-            metrics |= {f"{protocol}/{model}/{key}": value for key, value in scores.items()}
-            print(
-                f"{model} {protocol}: "
-                + ", ".join(
-                    f"{k} {v:.3f}" for k, v in scores.items() if k.endswith(("mae_nm", "accuracy"))
+        for suffix, augmented, augmented_features in variants:
+            label = f"{model}{suffix}"
+            for protocol in ("random", "doi", "product"):
+                result = cross_validate(
+                    table,
+                    features,
+                    protocol,
+                    model,
+                    args.folds,
+                    args.seed,
+                    args.products,
+                    args.threads,
+                    args.trees,
+                    augmented,
+                    augmented_features,
                 )
-            )
-            if protocol != "product":
-                parity_figure(
-                    result["size_nm"],
-                    result["predicted_size_nm"],
-                    f"{model}, {protocol} {args.folds}-fold",
-                    figures / f"parity_{model}_{protocol}.png",
+                result.insert(0, "model", label)
+                result.insert(1, "protocol", protocol)
+                predictions.append(result)
+                scores = summarise(result, by_fold=protocol == "product")
+                if protocol != "product":
+                    scores |= summarise(result)
+                metrics |= {f"{protocol}/{label}/{key}": value for key, value in scores.items()}
+                print(
+                    f"{label} {protocol}: "
+                    + ", ".join(
+                        f"{k} {v:.3f}"
+                        for k, v in scores.items()
+                        if k.endswith(("mae_nm", "accuracy"))
+                    ),
+                    flush=True,
                 )
-                confusion_figure(
-                    _confusion(result, len(shapes)),
-                    shapes,
-                    f"shape, {model}, {protocol} {args.folds}-fold",
-                    figures / f"shape_confusion_{model}_{protocol}.png",
-                )
+                if protocol != "product":
+                    parity_figure(
+                        result["size_nm"],
+                        result["predicted_size_nm"],
+                        f"{label}, {protocol} {args.folds}-fold",
+                        figures / f"parity_{label}_{protocol}.png",
+                    )
+                    confusion_figure(
+                        _confusion(result, len(shapes)),
+                        shapes,
+                        f"shape, {label}, {protocol} {args.folds}-fold",
+                        figures / f"shape_confusion_{label}_{protocol}.png",
+                    )
     with atomic_write(args.predictions) as partial:
         pd.concat(predictions, ignore_index=True).to_parquet(partial, index=False)
     with atomic_write(args.out) as partial:
@@ -193,4 +224,21 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--trees", type=int, default=300, help="trees / boosting iterations")
     evaluate.add_argument("--threads", type=int, default=1)
     evaluate.add_argument("--seed", type=int, default=42)
+    evaluate.add_argument(
+        "--augment",
+        choices=("none", "on", "compare"),
+        default="compare",
+        help="reaction-intermediate augmentation of the training folds; compare: with and without",
+    )
+    evaluate.add_argument(
+        "--augment-conversions",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.5],
+        help="fractions of the limiting reagent turned into the intermediate",
+    )
+    evaluate.add_argument(
+        "--augment-variants", type=int, default=10, help="augmented rows per recipe, at most"
+    )
+    evaluate.add_argument("--augmented", type=Path, help="write the augmented rows (.parquet)")
     evaluate.set_defaults(func=_evaluate)

@@ -135,6 +135,8 @@ def cross_validate(
     products: Sequence[str] = (),
     threads: int = 1,
     trees: int = 300,
+    augmented: pd.DataFrame | None = None,
+    augmented_features: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Out-of-fold size and shape predictions of a baseline under one protocol.
 
@@ -148,6 +150,9 @@ def cross_validate(
         products: Held-out products (``product`` protocol).
         threads: Worker threads of the models.
         trees: Trees / boosting iterations of the models.
+        augmented: Augmented recipes (``intermediates.augment``, with ``source_id``); each is
+            added to the training part of the folds that train on its source, never tested.
+        augmented_features: Their feature matrix (same row order).
 
     Returns:
         One row per test prediction: ``recipe_id``, ``fold``, ``size_nm``,
@@ -156,17 +161,24 @@ def cross_validate(
     x = features.to_numpy(dtype=float)
     size = table["size_nm"].to_numpy(dtype=float)
     shape = table["shape_class"].to_numpy()
+    ids = table["recipe_id"].to_numpy()
     parts = []
     for fold in folds(table, protocol, k, seed, products):
+        train, train_size, train_shape = x[fold.train], size[fold.train], shape[fold.train]
+        if augmented is not None:
+            extra = augmented["source_id"].isin(ids[fold.train]).to_numpy()
+            train = np.concatenate([train, augmented_features.to_numpy(dtype=float)[extra]])
+            train_size = np.concatenate([train_size, augmented["size_nm"].to_numpy()[extra]])
+            train_shape = np.concatenate([train_shape, augmented["shape_class"].to_numpy()[extra]])
         # Columns empty in the training part carry nothing (and break histogram binning).
-        usable = ~np.all(np.isnan(x[fold.train]), axis=0)
-        train, test = x[fold.train][:, usable], x[fold.test][:, usable]
-        regressor = baseline(model, "size", seed, threads, trees).fit(train, size[fold.train])
-        classifier = baseline(model, "shape", seed, threads, trees).fit(train, shape[fold.train])
+        usable = ~np.all(np.isnan(train), axis=0)
+        train, test = train[:, usable], x[fold.test][:, usable]
+        regressor = baseline(model, "size", seed, threads, trees).fit(train, train_size)
+        classifier = baseline(model, "shape", seed, threads, trees).fit(train, train_shape)
         parts.append(
             pd.DataFrame(
                 {
-                    "recipe_id": table["recipe_id"].to_numpy()[fold.test],
+                    "recipe_id": ids[fold.test],
                     "fold": fold.name,
                     "size_nm": size[fold.test],
                     "predicted_size_nm": regressor.predict(test),
