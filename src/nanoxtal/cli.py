@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from nanoxtal import __version__
+from nanoxtal.arguments import json_object
 from nanoxtal.data import DatasetError, datasets, get_dataset, import_dataset, verify
 from nanoxtal.data.registry import Dataset, manifest_entry, missing_files
 from nanoxtal.files import atomic_write
@@ -266,18 +267,6 @@ def _xrd_simulate(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _json_object(text: str) -> dict:
-    import json
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from error
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
-
-
 def _trainer_settings(args: argparse.Namespace):
     from nanoxtal.train import TrainerSettings
 
@@ -364,8 +353,8 @@ def _xrd_predict(args: argparse.Namespace) -> int:
 
 def _add_xrd_model_commands(verbs: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--settings", type=_json_object, default={}, help="JSON of settings")
-    common.add_argument("--trainer", type=_json_object, default={}, help="JSON trainer settings")
+    common.add_argument("--settings", type=json_object, default={}, help="JSON of settings")
+    common.add_argument("--trainer", type=json_object, default={}, help="JSON trainer settings")
     common.add_argument("--seed", type=int, default=42)
 
     train = verbs.add_parser("train", parents=[common], help="train a classifier on sticks")

@@ -32,12 +32,24 @@ def test_clean_chemicals_evaluate(tmp_path, workbook):
     many.to_parquet(tmp_path / "many.parquet", index=False)
     args = ["recipes", "evaluate", str(tmp_path / "many.parquet"), "--shapes", str(shapes)]
     args += ["--out", str(tmp_path / "m.json"), "--predictions", str(tmp_path / "p.parquet")]
-    args += ["--figures", str(tmp_path / "fig"), "--models", "random_forest", "--folds", "2"]
+    args += ["--figures", str(tmp_path / "fig"), "--models", "random_forest", "transformer"]
+    args += [
+        "--folds",
+        "2",
+        "--work-dir",
+        str(tmp_path / "runs"),
+        "--trainer",
+        '{"accelerator": "cpu"}',
+    ]
+    args += [
+        "--transformer",
+        '{"members": 2, "epochs": 1, "arch": {"width": 8, "heads": 2, "layers": 1}}',
+    ]
     args += ["--products", "CdSe", "--trees", "10", "--augmented", str(tmp_path / "a.parquet")]
     assert main(args) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["recipes"] == 40  # all sizes up to 9.8 nm
-    for model in ("random_forest", "random_forest+intermediates"):
+    for model in ("random_forest", "random_forest+intermediates", "transformer+intermediates"):
         for key in (f"random/{model}/size_mae_nm", f"doi/{model}/shape_accuracy"):
             assert metrics[key] >= 0
     # PbO + OA and Se + TOP react: 3 subsets x 2 conversions; the recipe with nonanoic acid

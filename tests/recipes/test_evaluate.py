@@ -10,6 +10,7 @@ from nanoxtal.recipes.evaluate import (
     folds,
     regression_metrics,
     summarise,
+    uncertainty_metrics,
 )
 
 
@@ -72,3 +73,21 @@ def test_baselines_learn_a_size_that_a_feature_decides(model):
     scores = summarise(predictions)
     assert scores["size_mae_nm"] < 1.0 and scores["shape_accuracy"] > 0.9
     assert sorted(predictions["recipe_id"]) == sorted(recipes["recipe_id"])
+
+
+def test_uncertainty_metrics_on_a_hand_computed_case():
+    predictions = pd.DataFrame(
+        {
+            "size_nm": [5.0, 5.0, 5.0, 5.0],
+            "predicted_size_nm": [5.5, 6.0, 8.0, 5.1],
+            "predicted_size_std_nm": [0.5, 1.0, 1.0, 0.1],
+        }
+    )
+    metrics = uncertainty_metrics(predictions)
+    assert metrics["std_mean_nm"] == pytest.approx(0.65)
+    assert metrics["within_2std"] == 0.75  # the 3 nm miss lies outside 2 x 1 nm
+    # Larger spreads go with larger errors here (ties aside): a clearly positive rank correlation.
+    assert metrics["std_error_spearman"] > 0.7
+    assert "size_within_2std" in summarise(
+        predictions.assign(shape_class=0, predicted_shape_class=0)
+    )

@@ -52,6 +52,8 @@ rule recipes_evaluate:
         products=" ".join(config["recipes"]["evaluate"]["held_out_products"]),
         seed=config["seed"],
         augmentation=config["recipes"]["evaluate"]["augmentation"],
+        transformer=json.dumps(config["recipes"]["evaluate"]["transformer"]),
+        trainer=json.dumps(config["trainer"]),
         conversions=" ".join(
             str(c) for c in config["recipes"]["evaluate"]["augmentation"]["conversions"]
         ),
@@ -74,4 +76,6 @@ rule recipes_evaluate:
         " --trees {params.settings[trees]} --threads {threads} --seed {params.seed}"
         " --augment {params.augmentation[mode]} --augment-variants {params.augmentation[max_variants]}"
         " --augment-conversions {params.conversions} --augmented {output.augmented:q}"
+        " --transformer {params.transformer:q} --trainer {params.trainer:q}"
+        " --work-dir results/recipes/transformer"
         " > {log:q} 2>&1"

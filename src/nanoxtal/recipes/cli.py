@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from nanoxtal.arguments import json_object
 from nanoxtal.files import atomic_write
 
 EXIT_OK = 0
@@ -79,10 +80,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nanoxtal.plots import confusion_figure, parity_figure
     from nanoxtal.recipes.chemicals import Registry
     from nanoxtal.recipes.clean import read_shape_classes
+    from nanoxtal.recipes.ensemble import cross_validate_transformer
     from nanoxtal.recipes.evaluate import cross_validate, summarise
     from nanoxtal.recipes.featurize import Featurizer, frequent_reagents
     from nanoxtal.recipes.intermediates import augment, summary
+    from nanoxtal.train import TrainerSettings
 
+    trainer = TrainerSettings.from_mapping(args.trainer, {"seed": args.seed})
     table = pd.read_parquet(args.recipes)
     table = table[table["size_nm"] <= args.max_size].reset_index(drop=True)
     registry = Registry(args.registry)
@@ -126,19 +130,35 @@ def _evaluate(args: argparse.Namespace) -> int:
         for suffix, augmented, augmented_features in variants:
             label = f"{model}{suffix}"
             for protocol in ("random", "doi", "product"):
-                result = cross_validate(
-                    table,
-                    features,
-                    protocol,
-                    model,
-                    args.folds,
-                    args.seed,
-                    args.products,
-                    args.threads,
-                    args.trees,
-                    augmented,
-                    augmented_features,
-                )
+                if model == "transformer":
+                    result = cross_validate_transformer(
+                        table,
+                        protocol,
+                        args.work_dir / label,
+                        args.folds,
+                        args.seed,
+                        args.products,
+                        registry,
+                        augmented,
+                        shape_classes=len(shapes),
+                        trainer=trainer,
+                        threads=args.threads,
+                        **args.transformer,
+                    )
+                else:
+                    result = cross_validate(
+                        table,
+                        features,
+                        protocol,
+                        model,
+                        args.folds,
+                        args.seed,
+                        args.products,
+                        args.threads,
+                        args.trees,
+                        augmented,
+                        augmented_features,
+                    )
                 result.insert(0, "model", label)
                 result.insert(1, "protocol", protocol)
                 predictions.append(result)
@@ -216,7 +236,12 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", type=Path, required=True, help="metrics (.json)")
     evaluate.add_argument("--predictions", type=Path, required=True, help="out-of-fold .parquet")
     evaluate.add_argument("--figures", type=Path, required=True, help="folder for figures")
-    evaluate.add_argument("--models", nargs="+", default=["random_forest", "gradient_boosting"])
+    evaluate.add_argument(
+        "--models",
+        nargs="+",
+        choices=("random_forest", "gradient_boosting", "transformer"),
+        default=["random_forest", "transformer"],
+    )
     evaluate.add_argument("--max-size", type=float, default=20.0, help="nm, as the reference")
     evaluate.add_argument("--folds", type=int, default=5)
     evaluate.add_argument("--products", nargs="*", default=list(REFERENCE_PRODUCTS))
@@ -241,4 +266,19 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         "--augment-variants", type=int, default=10, help="augmented rows per recipe, at most"
     )
     evaluate.add_argument("--augmented", type=Path, help="write the augmented rows (.parquet)")
+    evaluate.add_argument(
+        "--transformer",
+        type=json_object,
+        default={},
+        help="JSON of transformer settings (members, epochs, batch_size, arch, lr, ...)",
+    )
+    evaluate.add_argument(
+        "--trainer", type=json_object, default={}, help="JSON of trainer settings (accelerator...)"
+    )
+    evaluate.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("results/recipes/transformer"),
+        help="folder of the transformer runs (checkpoints, logs)",
+    )
     evaluate.set_defaults(func=_evaluate)

@@ -204,4 +204,25 @@ def summarise(predictions: pd.DataFrame, by_fold: bool = False) -> dict[str, flo
             part["shape_class"].to_numpy(), part["predicted_shape_class"].to_numpy()
         ).items():
             result[f"{prefix}shape_{key}"] = value
+        if "predicted_size_std_nm" in part and part["predicted_size_std_nm"].notna().any():
+            result |= {
+                f"{prefix}size_{key}": value for key, value in uncertainty_metrics(part).items()
+            }
     return result
+
+
+def uncertainty_metrics(predictions: pd.DataFrame) -> dict[str, float]:
+    """How well a predicted size spread (``predicted_size_std_nm``) covers the errors.
+
+    Returns:
+        Mean spread (nm), share of true sizes within ±2 spreads of the prediction (0.95 for a
+        calibrated Gaussian), and the Spearman correlation between spread and absolute error.
+    """
+    std = predictions["predicted_size_std_nm"].to_numpy(dtype=float)
+    error = np.abs(predictions["predicted_size_nm"] - predictions["size_nm"]).to_numpy()
+    ranks = pd.DataFrame({"std": std, "error": error}).rank()
+    return {
+        "std_mean_nm": float(np.mean(std)),
+        "within_2std": float(np.mean(error <= 2 * std)),
+        "std_error_spearman": float(ranks["std"].corr(ranks["error"])),
+    }

@@ -69,6 +69,37 @@ def _canonical(name: str, registry: Registry) -> str:
     return chemical.key if chemical is not None else name
 
 
+def process_features(row: pd.Series) -> np.ndarray:
+    """Process conditions of one tidy recipe, in the order of ``PROCESS_FEATURES``.
+
+    An unknown heating rate becomes 0 with the ``heating_rate_unknown`` flag set, so models
+    that cannot take NaN still see it; time enters as log10 (minutes to days).
+    """
+    heating = row["heating_rate_c_per_min"]
+    return np.array(
+        [
+            row["injection_temperature_c"],
+            row["reaction_temperature_c"],
+            0.0 if pd.isna(heating) else heating,
+            float(pd.isna(heating)),
+            np.log10(row["time_min"]),
+            row["phase"],
+        ],
+        dtype=float,
+    )
+
+
+def product_features(row: pd.Series) -> np.ndarray:
+    """Composition descriptors of a recipe's product (``COMPOSITION_FEATURES``).
+
+    NaN when the product name is not a chemical formula (``ChemicalError``).
+    """
+    try:
+        return composition_features(product_formula(row["product"]))
+    except ChemicalError:
+        return np.full(len(COMPOSITION_FEATURES), np.nan)
+
+
 class Featurizer:
     """Turns tidy recipes into a numeric matrix with named columns.
 
@@ -108,19 +139,8 @@ class Featurizer:
 
     def recipe(self, row: pd.Series) -> np.ndarray:
         """Feature vector of one tidy recipe (a row of ``clean_recipes``' table)."""
-        heating = row["heating_rate_c_per_min"]
-        process = [
-            row["injection_temperature_c"],
-            row["reaction_temperature_c"],
-            0.0 if pd.isna(heating) else heating,
-            float(pd.isna(heating)),
-            np.log10(row["time_min"]),
-            row["phase"],
-        ]
-        try:
-            product = composition_features(product_formula(row["product"]))
-        except ChemicalError:
-            product = np.full(len(COMPOSITION_FEATURES), np.nan)
+        process = process_features(row)
+        product = product_features(row)
         amounts = np.asarray(row["amounts_mmol"], dtype=float)
         roles = np.asarray(row["roles"])
         per_role, totals = [], {}
