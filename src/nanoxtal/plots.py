@@ -1,4 +1,4 @@
-"""Shared figures: confusion matrices, pattern attributions (more to come: parity, overlays)."""
+"""Shared figures: confusion matrices, attributions, reliability, parity and importance charts."""
 
 from __future__ import annotations
 
@@ -139,6 +139,40 @@ def parity_figure(
     axes.set_ylabel(f"predicted ({unit})")
     mae = float(np.mean(np.abs(predicted - truth)))
     axes.set_title(f"{title}\nMAE {mae:.2f} {unit}, n = {len(truth)}")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def importance_figure(
+    panels: Sequence[tuple[str, Sequence[str], np.ndarray, np.ndarray]],
+    x_label: str,
+    path: Path | str,
+) -> Path:
+    """Save horizontal bar charts of importances, one panel per grouping, largest on top.
+
+    Args:
+        panels: (title, names, values, standard deviations) per panel.
+        x_label: Label of the value axis (e.g. "size MAE increase (nm)").
+        path: Output image.
+    """
+    rows = max(len(names) for _, names, _, _ in panels)
+    figure = Figure(figsize=(5.0 * len(panels), 1.0 + 0.3 * rows))
+    for axes, (title, names, values, errors) in zip(
+        np.atleast_1d(figure.subplots(1, len(panels))), panels, strict=True
+    ):
+        values, errors = np.asarray(values, dtype=float), np.asarray(errors, dtype=float)
+        order = np.argsort(values)
+        axes.barh(
+            np.arange(len(order)),
+            values[order],
+            xerr=errors[order],
+            color="tab:blue",
+            ecolor="grey",
+        )
+        axes.set_yticks(np.arange(len(order)), [names[i] for i in order])
+        axes.axvline(0, color="black", linewidth=0.8)
+        axes.set_xlabel(x_label)
+        axes.set_title(title)
     figure.tight_layout()
     return _save(figure, path)
 

@@ -60,3 +60,27 @@ def test_clean_chemicals_evaluate(tmp_path, workbook):
     assert "product/random_forest/CdSe/size_mae_nm" in metrics
     assert (tmp_path / "fig" / "parity_random_forest_random.png").is_file()
     assert (tmp_path / "fig" / "shape_confusion_random_forest_doi.png").is_file()
+
+
+def test_importance_writes_rankings_and_figures(tmp_path, workbook):
+    path, shapes = workbook
+    table = tmp_path / "recipes.parquet"
+    args = ["recipes", "clean", str(path), "--shapes", str(shapes), "--out", str(table)]
+    assert (
+        main([*args, "--rejects", str(tmp_path / "r.csv"), "--repairs", str(tmp_path / "p.csv")])
+        == 0
+    )
+    recipes = pd.read_parquet(table)
+    many = pd.concat([recipes] * 8, ignore_index=True)
+    many["recipe_id"] = range(len(many))
+    many["reaction_temperature_c"] = 100 + 5 * many.index
+    many["size_nm"] = 2 + 0.2 * many.index  # size follows the temperature only
+    many.to_parquet(tmp_path / "many.parquet", index=False)
+    out, summary, figure = tmp_path / "imp.csv", tmp_path / "imp.json", tmp_path / "imp.png"
+    args = ["recipes", "importance", str(tmp_path / "many.parquet"), "--out", str(out)]
+    args += ["--summary", str(summary), "--figure", str(figure), "--folds", "2", "--trees", "20"]
+    assert main([*args, "--repeats", "1"]) == 0
+    rankings = json.loads(summary.read_text())
+    assert rankings["size_ranking"][0] == "process"
+    assert set(pd.read_csv(out)["kind"]) == {"role", "chemical"}
+    assert figure.is_file() and (tmp_path / "imp_shape.png").is_file()

@@ -99,5 +99,9 @@ def all_targets():
             if any(name in DATASET_NAMES for name in XRD_MEASURED):
                 targets.append("results/xrd/predictions/measured.csv")
     if "recipes" in DATASET_NAMES:
-        targets += ["results/recipes/chemicals.json", "results/recipes/metrics.json"]
+        targets += [
+            "results/recipes/chemicals.json",
+            "results/recipes/metrics.json",
+            "results/recipes/importance/importance.json",
+        ]
     return targets

@@ -79,3 +79,34 @@ rule recipes_evaluate:
         " --transformer {params.transformer:q} --trainer {params.trainer:q}"
         " --work-dir results/recipes/transformer"
         " > {log:q} 2>&1"
+
+
+rule recipes_importance:
+    input:
+        rules.recipes_clean.output.table,
+    output:
+        table="results/recipes/importance/importance.csv",
+        summary="results/recipes/importance/importance.json",
+        figure="results/recipes/importance/importance.png",
+        shape_figure="results/recipes/importance/importance_shape.png",
+    params:
+        settings=config["recipes"]["importance"],
+        evaluate=config["recipes"]["evaluate"],
+        seed=config["seed"],
+    log:
+        "logs/recipes/importance.log",
+    benchmark:
+        "results/benchmarks/recipes/importance.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/recipes.yaml"
+    shell:
+        "nanoxtal recipes importance {input:q} --out {output.table:q}"
+        " --summary {output.summary:q} --figure {output.figure:q}"
+        " --max-size {params.evaluate[max_size_nm]} --folds {params.evaluate[folds]}"
+        " --vocabulary {params.evaluate[vocabulary]} --trees {params.settings[trees]}"
+        " --repeats {params.settings[repeats]} --threads {threads} --seed {params.seed}"
+        " > {log:q} 2>&1"

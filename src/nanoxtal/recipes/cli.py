@@ -1,4 +1,4 @@
-"""``nanoxtal recipes ...`` commands: clean, chemicals, evaluate.
+"""``nanoxtal recipes ...`` commands: clean, chemicals, evaluate, importance.
 
 Heavy imports happen inside the commands, so ``nanoxtal --help`` stays fast.
 """
@@ -195,6 +195,70 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _importance(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nanoxtal.plots import importance_figure
+    from nanoxtal.recipes.chemicals import Registry
+    from nanoxtal.recipes.featurize import Featurizer, frequent_reagents
+    from nanoxtal.recipes.importance import (
+        chemical_groups,
+        column_groups,
+        permutation_importance,
+        role_ranking,
+    )
+
+    table = pd.read_parquet(args.recipes)
+    table = table[table["size_nm"] <= args.max_size].reset_index(drop=True)
+    registry = Registry(args.registry)
+    featurizer = Featurizer(registry, frequent_reagents(table, registry, args.vocabulary))
+    features = featurizer.transform(table)
+    settings = {
+        "model": "random_forest",
+        "k": args.folds,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "threads": args.threads,
+        "trees": args.trees,
+    }
+    roles = permutation_importance(
+        table, features, column_groups(featurizer.columns, registry), **settings
+    )
+    chemicals = permutation_importance(
+        table, features, chemical_groups(featurizer.columns), **settings
+    )
+    result = pd.concat([roles.assign(kind="role"), chemicals.assign(kind="chemical")])
+    with atomic_write(args.out) as partial:
+        result.to_csv(partial, index=False)
+    summary = {
+        "recipes": len(table),
+        "protocol": f"random {args.folds}-fold, permutation repeats {args.repeats}",
+        "seed": args.seed,
+        "size_ranking": role_ranking(roles, "size_mae_increase_nm"),
+        "shape_ranking": role_ranking(roles, "shape_accuracy_drop"),
+        "reference_ranking": ["composition", "precursor/ligand", "solvent"],
+        "top_chemicals_size": chemicals["group"].head(10).tolist(),
+    }
+    with atomic_write(args.summary) as partial:
+        partial.write_text(json.dumps(summary, indent=2) + "\n")
+    shape_figure = args.figure.with_name(f"{args.figure.stem}_shape{args.figure.suffix}")
+    for metric, label, path in (
+        ("size_mae_increase_nm", "size MAE increase (nm)", args.figure),
+        ("shape_accuracy_drop", "shape accuracy drop", shape_figure),
+    ):
+        top = chemicals.sort_values(metric, ascending=False).head(15)
+        importance_figure(
+            [
+                ("by role", roles["group"].tolist(), roles[metric], roles[f"{metric}_std"]),
+                ("by chemical (top 15)", top["group"].tolist(), top[metric], top[f"{metric}_std"]),
+            ],
+            label,
+            path,
+        )
+    print("size importance by role: " + " > ".join(summary["size_ranking"]))
+    return EXIT_OK
+
+
 def _confusion(result, classes: int):
     import numpy as np
 
@@ -205,7 +269,9 @@ def _confusion(result, classes: int):
 
 def add_commands(stages: argparse._SubParsersAction) -> None:
     """Register ``nanoxtal recipes`` and its verbs."""
-    recipes = stages.add_parser("recipes", help="synthesis recipes: clean, chemicals, evaluate")
+    recipes = stages.add_parser(
+        "recipes", help="synthesis recipes: clean, chemicals, evaluate, importance"
+    )
     verbs = recipes.add_subparsers(dest="verb", required=True, metavar="VERB")
     registry = argparse.ArgumentParser(add_help=False)
     registry.add_argument(
@@ -282,3 +348,19 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         help="folder of the transformer runs (checkpoints, logs)",
     )
     evaluate.set_defaults(func=_evaluate)
+
+    importance = verbs.add_parser(
+        "importance", parents=[registry], help="permutation importance by role and chemical"
+    )
+    importance.add_argument("recipes", type=Path, help="tidy recipes (.parquet)")
+    importance.add_argument("--out", type=Path, required=True, help="importances (.csv)")
+    importance.add_argument("--summary", type=Path, required=True, help="rankings (.json)")
+    importance.add_argument("--figure", type=Path, required=True, help="bar charts (.png)")
+    importance.add_argument("--max-size", type=float, default=20.0, help="nm, as the reference")
+    importance.add_argument("--folds", type=int, default=5)
+    importance.add_argument("--repeats", type=int, default=3, help="permutations per fold")
+    importance.add_argument("--vocabulary", type=int, default=60, help="reagents with own column")
+    importance.add_argument("--trees", type=int, default=300)
+    importance.add_argument("--threads", type=int, default=1)
+    importance.add_argument("--seed", type=int, default=42)
+    importance.set_defaults(func=_importance)

@@ -86,8 +86,8 @@ def permutation_importance(
 
     Returns:
         One row per group: ``group``, ``columns``, ``size_mae_increase_nm`` (mean over folds and
-        repeats) with its standard deviation over folds, ``shape_accuracy_drop`` likewise; most
-        important for size first.
+        repeats) with its standard deviation over folds (``_std``), ``shape_accuracy_drop``
+        likewise; most important for size first.
     """
     x = features.to_numpy(dtype=float)
     size = table["size_nm"].to_numpy(dtype=float)
@@ -116,7 +116,7 @@ def permutation_importance(
             "group": list(groups),
             "columns": [len(groups[name]) for name in groups],
             "size_mae_increase_nm": [np.mean(rises[name]) for name in groups],
-            "size_mae_increase_std_nm": [np.std(rises[name]) for name in groups],
+            "size_mae_increase_nm_std": [np.std(rises[name]) for name in groups],
             "shape_accuracy_drop": [np.mean(drops[name]) for name in groups],
             "shape_accuracy_drop_std": [np.std(drops[name]) for name in groups],
         }
