@@ -103,5 +103,6 @@ def all_targets():
             "results/recipes/chemicals.json",
             "results/recipes/metrics.json",
             "results/recipes/importance/importance.json",
+            "results/recipes/models/forest.pkl",
         ]
     return targets

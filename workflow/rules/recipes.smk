@@ -110,3 +110,30 @@ rule recipes_importance:
         " --vocabulary {params.evaluate[vocabulary]} --trees {params.settings[trees]}"
         " --repeats {params.settings[repeats]} --threads {threads} --seed {params.seed}"
         " > {log:q} 2>&1"
+
+
+rule recipes_train:
+    input:
+        table=rules.recipes_clean.output.table,
+        data=dataset_dir("recipes"),
+    output:
+        "results/recipes/models/forest.pkl",
+    params:
+        shapes=lambda wildcards, input: f"{input.data}/shape_classes.txt",
+        settings=config["recipes"]["evaluate"],
+        seed=config["seed"],
+    log:
+        "logs/recipes/train.log",
+    benchmark:
+        "results/benchmarks/recipes/train.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/recipes.yaml"
+    shell:
+        "nanoxtal recipes train {input.table:q} --shapes {params.shapes:q} --out {output:q}"
+        " --max-size {params.settings[max_size_nm]} --vocabulary {params.settings[vocabulary]}"
+        " --trees {params.settings[trees]} --threads {threads} --seed {params.seed}"
+        " > {log:q} 2>&1"

@@ -169,6 +169,10 @@ def product_formula(product: str) -> Composition:
         raise ChemicalError(f"product {product!r} is not a chemical formula: {error}") from error
     if not composition.elements:
         raise ChemicalError(f"product {product!r} has no elements")
+    # pymatgen reads unknown symbols such as 'Xq' as dummy species instead of failing.
+    unknown = [str(e) for e in composition.elements if not isinstance(e, Element)]
+    if unknown:
+        raise ChemicalError(f"product {product!r} is not a chemical formula: unknown {unknown}")
     return composition
 
 

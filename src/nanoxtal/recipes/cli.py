@@ -1,4 +1,4 @@
-"""``nanoxtal recipes ...`` commands: clean, chemicals, evaluate, importance.
+"""``nanoxtal recipes ...``: clean, chemicals, evaluate, importance, train, predict, suggest.
 
 Heavy imports happen inside the commands, so ``nanoxtal --help`` stays fast.
 """
@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from nanoxtal.arguments import json_object
 from nanoxtal.files import atomic_write
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 REFERENCE_PRODUCTS = ("PbSe", "Ag2S", "Ni", "Cs2NaBiCl6")
 
 
@@ -259,6 +261,106 @@ def _importance(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+DEFAULT_MODEL = Path("results/recipes/models/forest.pkl")
+
+
+def _train(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nanoxtal.recipes.chemicals import Registry
+    from nanoxtal.recipes.clean import read_shape_classes
+    from nanoxtal.recipes.design import RecipeForest
+
+    model = RecipeForest.fit(
+        pd.read_parquet(args.recipes),
+        Registry(args.registry),
+        read_shape_classes(args.shapes),
+        args.vocabulary,
+        args.trees,
+        args.seed,
+        args.threads,
+        args.max_size,
+    )
+    model.save(args.out)
+    print(f"trained on {model.recipes} recipes up to {model.max_size_nm} nm; wrote {args.out}")
+    return EXIT_OK
+
+
+def _load_model(path: Path):
+    from nanoxtal.recipes.design import RecipeForest
+
+    if not path.is_file():
+        raise SystemExit(
+            f"nanoxtal: error: model {path} not found: run `snakemake --cores 2 {DEFAULT_MODEL}` "
+            "or give --model"
+        )
+    return RecipeForest.load(path)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nanoxtal.recipes.chemicals import Registry
+    from nanoxtal.recipes.design import RecipeInputError, read_recipes, validate_recipe
+
+    model = _load_model(args.model)
+    registry = Registry(args.registry)
+    valid, failed = [], 0
+    for path in args.recipes:
+        try:
+            records = read_recipes(path)
+        except RecipeInputError as error:
+            print(f"nanoxtal: error: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        for number, record in enumerate(records, start=1):
+            try:
+                valid.append(validate_recipe(record, f"{path} recipe {number}", registry))
+            except RecipeInputError as error:
+                print(f"nanoxtal: error: {error}", file=sys.stderr)
+                failed += 1
+    if valid:
+        table = model.predict(pd.DataFrame(valid), registry)
+        with atomic_write(args.out) as partial:
+            table.to_csv(partial, index=False)
+    print(f"{len(valid)} recipes predicted into {args.out}; {failed} rejected")
+    return EXIT_FAILED if failed or not valid else EXIT_OK
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nanoxtal.recipes.chemicals import Registry
+    from nanoxtal.recipes.design import suggest
+
+    model = _load_model(args.model)
+    try:
+        table = suggest(
+            model,
+            pd.read_parquet(args.recipes),
+            Registry(args.registry),
+            args.product,
+            args.size,
+            args.shape,
+            args.fix,
+            args.candidates,
+            args.top,
+            args.seed,
+        )
+    except ValueError as error:
+        print(f"nanoxtal: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    with atomic_write(args.out) as partial:
+        table.to_csv(partial, index=False)
+    best = table.iloc[0]
+    print(
+        f"{len(table)} suggestions for {args.product} at {args.size} nm in {args.out}; best: "
+        f"{best['predicted_size_nm']:.2f} ± {best['predicted_size_std_nm']:.2f} nm, "
+        f"{best['predicted_shape']} ({best['reagents']})"
+    )
+    return EXIT_OK
+
+
 def _confusion(result, classes: int):
     import numpy as np
 
@@ -270,7 +372,8 @@ def _confusion(result, classes: int):
 def add_commands(stages: argparse._SubParsersAction) -> None:
     """Register ``nanoxtal recipes`` and its verbs."""
     recipes = stages.add_parser(
-        "recipes", help="synthesis recipes: clean, chemicals, evaluate, importance"
+        "recipes",
+        help="synthesis recipes: clean, chemicals, evaluate, importance, train, predict, suggest",
     )
     verbs = recipes.add_subparsers(dest="verb", required=True, metavar="VERB")
     registry = argparse.ArgumentParser(add_help=False)
@@ -364,3 +467,45 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     importance.add_argument("--threads", type=int, default=1)
     importance.add_argument("--seed", type=int, default=42)
     importance.set_defaults(func=_importance)
+
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="trained recipe model")
+
+    train = verbs.add_parser("train", parents=[registry], help="train the size/shape model")
+    train.add_argument("recipes", type=Path, help="tidy recipes (.parquet)")
+    train.add_argument("--shapes", type=Path, required=True, help="shape_classes.txt")
+    train.add_argument("--out", type=Path, required=True, help="model file (.pkl)")
+    train.add_argument("--max-size", type=float, default=20.0, help="nm")
+    train.add_argument("--vocabulary", type=int, default=60, help="reagents with own column")
+    train.add_argument("--trees", type=int, default=300)
+    train.add_argument("--threads", type=int, default=1)
+    train.add_argument("--seed", type=int, default=42)
+    train.set_defaults(func=_train)
+
+    predict = verbs.add_parser(
+        "predict", parents=[registry, model], help="size and shape of new recipes"
+    )
+    predict.add_argument(
+        "recipes", type=Path, nargs="+", help="recipes (.csv with ';'-separated lists, or .yaml)"
+    )
+    predict.add_argument("--out", type=Path, required=True, help="predictions (.csv)")
+    predict.set_defaults(func=_predict)
+
+    design = verbs.add_parser(
+        "suggest", parents=[registry, model], help="recipes predicted to hit a size and shape"
+    )
+    design.add_argument("--product", required=True, help="product formula, e.g. PbSe")
+    design.add_argument("--size", type=float, required=True, help="target mean size (nm)")
+    design.add_argument("--shape", help="target shape class, e.g. sphere")
+    design.add_argument("--fix", nargs="*", default=[], help="reagents every suggestion uses")
+    design.add_argument(
+        "--recipes",
+        type=Path,
+        default=Path("results/recipes/recipes.parquet"),
+        help="tidy recipes the search starts from",
+    )
+    design.add_argument("--candidates", type=int, default=2000)
+    design.add_argument("--top", type=int, default=10)
+    design.add_argument("--seed", type=int, default=42)
+    design.add_argument("--out", type=Path, required=True, help="suggestions (.csv)")
+    design.set_defaults(func=_suggest)
