@@ -59,7 +59,7 @@ def small_root(tmp_path, shared_data) -> Path:
     return root
 
 
-@pytest.mark.parametrize("configfile", [None, "config/test.yaml"])
+@pytest.mark.parametrize("configfile", [None, "config/test.yaml", "config/gpu.yaml"])
 def test_dry_run_prints_the_dag(configfile):
     # --forceall: plan every job whatever this checkout's results/ already holds.
     args = ["-n", "--forceall", "--cores", "2"]

@@ -79,9 +79,10 @@ def xrd_train_settings(arch):
     """JSON of nanoxtal.xrd.training.TrainSettings for one architecture."""
     block = dict(config["xrd"]["train"])
     arch_kwargs = block.pop("arch_kwargs").get(arch, {})
+    overrides = block.pop("overrides").get(arch, {})
     for key in ("architectures", "epochs"):
         block.pop(key)
-    return json.dumps({**block, "arch": arch, "arch_kwargs": arch_kwargs})
+    return json.dumps({**block, **overrides, "arch": arch, "arch_kwargs": arch_kwargs})
 
 
 def xrd_finetune_settings():
