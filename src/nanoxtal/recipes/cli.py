@@ -198,6 +198,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _importance(args: argparse.Namespace) -> int:
+    import numpy as np
     import pandas as pd
 
     from nanoxtal.plots import importance_figure
@@ -223,13 +224,14 @@ def _importance(args: argparse.Namespace) -> int:
         "threads": args.threads,
         "trees": args.trees,
     }
-    roles = permutation_importance(
-        table, features, column_groups(featurizer.columns, registry), **settings
+    roles = column_groups(featurizer.columns, registry)
+    # One set of forests per fold scores both groupings (no chemical is named like a role).
+    result = permutation_importance(
+        table, features, roles | chemical_groups(featurizer.columns), **settings
     )
-    chemicals = permutation_importance(
-        table, features, chemical_groups(featurizer.columns), **settings
-    )
-    result = pd.concat([roles.assign(kind="role"), chemicals.assign(kind="chemical")])
+    result["kind"] = np.where(result["group"].isin(list(roles)), "role", "chemical")
+    chemicals = result[result["kind"] == "chemical"]
+    roles = result[result["kind"] == "role"]
     with atomic_write(args.out) as partial:
         result.to_csv(partial, index=False)
     summary = {
