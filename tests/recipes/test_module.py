@@ -8,6 +8,7 @@ import torch
 from nanoxtal.recipes.chemicals import Registry
 from nanoxtal.recipes.ensemble import (
     PREDICTION_COLUMNS,
+    EnsemblePlan,
     cross_validate_transformer,
     fit_final,
     inner_parts,
@@ -140,15 +141,11 @@ def test_cross_validated_ensemble_predicts_every_recipe_once(tmp_path, registry)
         table,
         "random",
         tmp_path / "cv",
+        EnsemblePlan(2, members=2, epochs=1, batch_size=8, arch=TINY, trainer=cpu()),
         k=2,
         seed=1,
         registry=registry,
         augmented=rewrites,
-        members=2,
-        epochs=1,
-        batch_size=8,
-        arch=TINY,
-        trainer=cpu(),
     )
     assert list(predictions.columns) == [
         "recipe_id",
@@ -176,13 +173,8 @@ def test_final_ensemble_round_trip(tmp_path, registry):
     (checkpoint,) = fit_final(
         table,
         tmp_path / "final",
+        EnsemblePlan(3, members=1, epochs=1, batch_size=8, arch=TINY, trainer=cpu()),
         registry=registry,
-        members=1,
-        epochs=1,
-        batch_size=8,
-        arch=TINY,
-        shape_classes=3,
-        trainer=cpu(),
     )
     model = load_recipe_model(checkpoint)
     assert model.hparams.arch["shape_classes"] == 3 and not model.training

@@ -82,13 +82,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nanoxtal.plots import confusion_figure, parity_figure
     from nanoxtal.recipes.chemicals import Registry
     from nanoxtal.recipes.clean import read_shape_classes
-    from nanoxtal.recipes.ensemble import cross_validate_transformer
+    from nanoxtal.recipes.ensemble import EnsemblePlan, cross_validate_transformer
     from nanoxtal.recipes.evaluate import cross_validate, summarise
     from nanoxtal.recipes.featurize import Featurizer, frequent_reagents
     from nanoxtal.recipes.intermediates import augment, summary
     from nanoxtal.train import TrainerSettings
 
-    trainer = TrainerSettings.from_mapping(args.trainer, {"seed": args.seed})
+    shapes = read_shape_classes(args.shapes)
+    plan = EnsemblePlan(
+        shape_classes=len(shapes),
+        trainer=TrainerSettings.from_mapping(args.trainer, {"seed": args.seed}),
+        **args.transformer,
+    )
     table = pd.read_parquet(args.recipes)
     table = table[table["size_nm"] <= args.max_size].reset_index(drop=True)
     registry = Registry(args.registry)
@@ -127,7 +132,6 @@ def _evaluate(args: argparse.Namespace) -> int:
             augmented.to_parquet(partial, index=False)
     predictions = []
     figures = Path(args.figures)
-    shapes = read_shape_classes(args.shapes)
     for model in args.models:
         for suffix, augmented, augmented_features in variants:
             label = f"{model}{suffix}"
@@ -137,15 +141,13 @@ def _evaluate(args: argparse.Namespace) -> int:
                         table,
                         protocol,
                         args.work_dir / label,
+                        plan,
                         args.folds,
                         args.seed,
                         args.products,
                         registry,
                         augmented,
-                        shape_classes=len(shapes),
-                        trainer=trainer,
-                        threads=args.threads,
-                        **args.transformer,
+                        args.threads,
                     )
                 else:
                     result = cross_validate(

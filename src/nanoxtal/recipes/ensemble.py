@@ -66,6 +66,8 @@ class EnsemblePlan:
     """How each member is trained (shared by cross-validation and the final model).
 
     Attributes:
+        shape_classes: Number of shape classes (the length of the shape-class file, so a class
+            absent from the data still has an output).
         members: Members (= inner folds); 1 trains one model with a 20 % validation hold-out.
         epochs: Training epochs per member (the best by validation loss is kept).
         batch_size: Recipes per batch.
@@ -73,19 +75,18 @@ class EnsemblePlan:
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         shape_weight: Weight of the shape loss against the size loss.
-        shape_classes: Number of shape classes.
         trainer: Run settings (accelerator, precision, ...); ``max_epochs``, ``seed``,
             ``monitor``/``mode`` and the device count are set per member.
     """
 
-    members: int
-    epochs: int
-    batch_size: int
-    arch: Mapping[str, Any]
-    lr: float
-    weight_decay: float
-    shape_weight: float
     shape_classes: int
+    members: int = 3
+    epochs: int = 40
+    batch_size: int = 64
+    arch: Mapping[str, Any] = field(default_factory=dict)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    shape_weight: float = 1.0
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
 
     def __post_init__(self) -> None:
@@ -357,13 +358,6 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _shape_classes(table: pd.DataFrame, augmented: pd.DataFrame | None) -> int:
-    labels = [table["shape_class"].to_numpy()]
-    if augmented is not None and len(augmented):
-        labels.append(augmented["shape_class"].to_numpy())
-    return int(np.concatenate(labels).max()) + 1
-
-
 def _check_augmented(augmented: pd.DataFrame | None) -> None:
     if augmented is not None and "source_id" not in augmented.columns:
         raise ValueError("the augmented table needs a source_id column")
@@ -373,20 +367,12 @@ def cross_validate_transformer(
     table: pd.DataFrame,
     protocol: str,
     work_dir: Path | str,
+    plan: EnsemblePlan,
     k: int = 5,
     seed: int = 42,
     products: Sequence[str] = (),
     registry: Registry | None = None,
     augmented: pd.DataFrame | None = None,
-    members: int = 3,
-    epochs: int = 40,
-    batch_size: int = 64,
-    arch: Mapping[str, Any] | None = None,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    shape_weight: float = 1.0,
-    shape_classes: int | None = None,
-    trainer: TrainerSettings | None = None,
     threads: int | None = None,
 ) -> pd.DataFrame:
     """Out-of-fold predictions of transformer ensembles under one protocol.
@@ -399,20 +385,12 @@ def cross_validate_transformer(
         table: Tidy recipes.
         protocol: ``random``, ``doi`` or ``product``.
         work_dir: Folder of the members' runs.
+        plan: How each member is trained.
         k: Outer folds (``random``, ``doi``).
         seed: Seed of the folds, inner folds, initialisation and shuffling.
         products: Held-out products (``product`` protocol).
         registry: Chemical registry; default the package's.
         augmented: Augmented training recipes with ``source_id``, or ``None``.
-        members: Members per ensemble (inner folds).
-        epochs: Epochs per member.
-        batch_size: Recipes per batch.
-        arch: Network settings overriding ``ARCH_DEFAULTS``.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        shape_weight: Weight of the shape loss.
-        shape_classes: Number of shape classes; default the largest label seen + 1.
-        trainer: Run settings (accelerator, precision, deterministic, ...).
         threads: torch intra-op threads while training on CPU (``None``: torch's default).
 
     Returns:
@@ -422,17 +400,6 @@ def cross_validate_transformer(
     """
     _check_augmented(augmented)
     registry = registry or Registry()
-    plan = EnsemblePlan(
-        members=members,
-        epochs=epochs,
-        batch_size=batch_size,
-        arch=dict(arch or {}),
-        lr=lr,
-        weight_decay=weight_decay,
-        shape_weight=shape_weight,
-        shape_classes=shape_classes or _shape_classes(table, augmented),
-        trainer=trainer or TrainerSettings(),
-    )
     table = table.reset_index(drop=True)
     parts = []
     with _torch_threads(threads):
@@ -471,18 +438,10 @@ def cross_validate_transformer(
 def fit_final(
     table: pd.DataFrame,
     work_dir: Path | str,
+    plan: EnsemblePlan,
     seed: int = 42,
     registry: Registry | None = None,
     augmented: pd.DataFrame | None = None,
-    members: int = 3,
-    epochs: int = 40,
-    batch_size: int = 64,
-    arch: Mapping[str, Any] | None = None,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    shape_weight: float = 1.0,
-    shape_classes: int | None = None,
-    trainer: TrainerSettings | None = None,
     group_by_doi: bool = False,
     threads: int | None = None,
 ) -> list[Path]:
@@ -497,16 +456,7 @@ def fit_final(
         seed: Seed of the inner folds, initialisation and shuffling.
         registry: Chemical registry; default the package's.
         augmented: Augmented training recipes with ``source_id``, or ``None``.
-        members: Members (inner folds).
-        epochs: Epochs per member.
-        batch_size: Recipes per batch.
-        arch: Network settings overriding ``ARCH_DEFAULTS``.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        shape_weight: Weight of the shape loss.
-        shape_classes: Number of shape classes; default the largest label seen + 1 (pass the
-            length of the shape-class file, so a class absent from the data still exists).
-        trainer: Run settings.
+        plan: How each member is trained.
         group_by_doi: Inner folds grouped by DOI (epochs chosen on unseen papers).
         threads: torch intra-op threads while training on CPU (``None``: torch's default).
 
@@ -516,17 +466,6 @@ def fit_final(
     """
     _check_augmented(augmented)
     registry = registry or Registry()
-    plan = EnsemblePlan(
-        members=members,
-        epochs=epochs,
-        batch_size=batch_size,
-        arch=dict(arch or {}),
-        lr=lr,
-        weight_decay=weight_decay,
-        shape_weight=shape_weight,
-        shape_classes=shape_classes or _shape_classes(table, augmented),
-        trainer=trainer or TrainerSettings(),
-    )
     table = table.reset_index(drop=True)
     groups = table["doi"].to_numpy() if group_by_doi else None
     with _torch_threads(threads):
