@@ -19,6 +19,7 @@ from nanoxtal.data import DatasetError, datasets, get_dataset, import_dataset, v
 from nanoxtal.data.registry import Dataset, manifest_entry, missing_files
 from nanoxtal.files import atomic_write
 from nanoxtal.recipes.cli import add_commands as recipe_commands
+from nanoxtal.tem.cli import add_commands as tem_commands
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -485,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(stages)
     _add_xrd_commands(stages)
     recipe_commands(stages)
+    tem_commands(stages)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""TEM stage: synthetic bright-field micrographs with exact instance truth."""
