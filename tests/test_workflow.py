@@ -175,6 +175,16 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     assert recipes["recipes"] > 2000  # sizes up to 20 nm of the real workbook
     assert recipes["random/random_forest/size_mae_nm"] > 0
     assert "product/random_forest/PbSe/size_mae_nm" in recipes
+    # Every model with and without reaction intermediates; the transformer's uncertainty.
+    for model in ("random_forest+intermediates", "transformer", "transformer+intermediates"):
+        assert recipes[f"random/{model}/size_mae_nm"] > 0, model
+    assert recipes["random/transformer/size_std_mean_nm"] >= 0
+    assert recipes["augmentation"]["expansion_factor"] > 1.5
+    importance = json.loads(
+        (workdir / "results" / "recipes" / "importance" / "importance.json").read_text()
+    )
+    assert "composition" in importance["size_ranking"]
+    assert (workdir / "results" / "recipes" / "models" / "forest.pkl").is_file()
     coverage = json.loads((workdir / "results" / "recipes" / "chemicals.json").read_text())
     assert coverage["resolved_share"] >= 0.98
     metrics = json.loads((workdir / "results" / "xrd" / "metrics.json").read_text())
