@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -199,3 +200,12 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     assert (workdir / "results" / "xrd" / "models" / "best.ckpt").is_file()
     predictions = pd.read_csv(workdir / "results" / "xrd" / "predictions" / "measured.csv")
     assert len(predictions) == 8  # the autoanalyzer .xy files of the test config
+    # The report collects every stage's metrics and figures, as the README shows.
+    report = workdir / "results" / "report.zip"
+    done = run_in(workdir, test_config, "--report", str(report))
+    assert done.returncode == 0, done.stderr[-3000:]
+    with zipfile.ZipFile(report) as archive:
+        names = {Path(name).name for name in archive.namelist()}
+    assert {"report.html", "measured.csv", "importance.png", "importance_shape.png"} <= names
+    assert any(name.startswith("parity_random_forest") for name in names)
+    assert any(name.startswith("reliability_xrdnet") for name in names)

@@ -41,10 +41,21 @@ rule recipes_evaluate:
         table=rules.recipes_clean.output.table,
         data=dataset_dir("recipes"),
     output:
-        metrics="results/recipes/metrics.json",
+        metrics=report(
+            "results/recipes/metrics.json",
+            caption="../report/recipes_metrics.rst",
+            category="Recipes",
+            labels={"result": "metrics"},
+        ),
         predictions="results/recipes/predictions.parquet",
         augmented="results/recipes/augmented.parquet",
-        figures=directory("results/recipes/figures"),
+        figures=report(
+            directory("results/recipes/figures"),
+            patterns=["{name}.png"],
+            caption="../report/recipes_figures.rst",
+            category="Recipes",
+            labels={"figure": "{name}"},
+        ),
     params:
         shapes=lambda wildcards, input: f"{input.data}/shape_classes.txt",
         settings=config["recipes"]["evaluate"],
@@ -87,8 +98,18 @@ rule recipes_importance:
     output:
         table="results/recipes/importance/importance.csv",
         summary="results/recipes/importance/importance.json",
-        figure="results/recipes/importance/importance.png",
-        shape_figure="results/recipes/importance/importance_shape.png",
+        figure=report(
+            "results/recipes/importance/importance.png",
+            caption="../report/recipes_importance.rst",
+            category="Recipes",
+            labels={"figure": "importance for size"},
+        ),
+        shape_figure=report(
+            "results/recipes/importance/importance_shape.png",
+            caption="../report/recipes_importance.rst",
+            category="Recipes",
+            labels={"figure": "importance for shape"},
+        ),
     params:
         settings=config["recipes"]["importance"],
         evaluate=config["recipes"]["evaluate"],

@@ -159,8 +159,19 @@ rule xrd_evaluate:
         measured=dataset_dir("xrd_rruff"),
         single_phase=[dataset_dir("xrd_autoanalyzer")] if "xrd_autoanalyzer" in DATASET_NAMES else [],
     output:
-        metrics="results/xrd/metrics.json",
-        figures=directory("results/xrd/figures"),
+        metrics=report(
+            "results/xrd/metrics.json",
+            caption="../report/xrd_metrics.rst",
+            category="XRD",
+            labels={"result": "metrics"},
+        ),
+        figures=report(
+            directory("results/xrd/figures"),
+            patterns=["{name}.png"],
+            caption="../report/xrd_figures.rst",
+            category="XRD",
+            labels={"figure": "{name}"},
+        ),
     params:
         models=lambda wildcards, input: " ".join(
             f"--model {arch}={synthetic},{finetuned}"
@@ -212,7 +223,12 @@ rule xrd_predict_measured:
         model=rules.xrd_publish.output[0],
         patterns=[dataset_dir(name) for name in XRD_MEASURED if name in DATASET_NAMES],
     output:
-        "results/xrd/predictions/measured.csv",
+        report(
+            "results/xrd/predictions/measured.csv",
+            caption="../report/xrd_predictions.rst",
+            category="XRD",
+            labels={"result": "predictions on measured files"},
+        ),
     log:
         "logs/xrd/predict_measured.log",
     conda:
