@@ -143,6 +143,34 @@ def test_import_then_noop_then_data_change_reruns_only_that_dataset(tmp_path, sm
     assert "wildcards: dataset=recipes" not in out
 
 
+def planned_rules(done: subprocess.CompletedProcess) -> set[str]:
+    """Rules a dry run would execute (from its "rule NAME:" lines)."""
+    out = done.stdout + done.stderr
+    return {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("rule ")}
+
+
+@pytest.mark.slow
+def test_config_change_reruns_exactly_the_stage_it_configures(tmp_path, small_root):
+    workdir = tmp_path / "w"
+    recipes = {"evaluate": {"folds": 2, "vocabulary": 10}, "importance": {"trees": 5, "repeats": 1}}
+    config = {"data": {"root": str(small_root), "datasets": ["recipes"]}, "recipes": recipes}
+    target = "results/recipes/importance/importance.json"
+    done = run_in(workdir, config, target)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = run_in(workdir, config, "-n", target)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    # A key the rule does not read: nothing to do.
+    other = {**config, "recipes": {**recipes, "evaluate": {**recipes["evaluate"], "trees": 7}}}
+    assert planned_rules(run_in(workdir, other, "-n", target)) == set()
+    # Its own block: exactly that rule.
+    changed = {**config, "recipes": {**recipes, "importance": {"trees": 6, "repeats": 1}}}
+    assert planned_rules(run_in(workdir, changed, "-n", target)) == {"recipes_importance"}
+    # --forcerun of one rule: that rule (and what depends on it, here nothing).
+    # (--forcerun takes a list: targets go before it.)
+    forced = run_in(workdir, config, "-n", target, "--forcerun", "recipes_importance")
+    assert planned_rules(forced) == {"recipes_importance"}
+
+
 @pytest.mark.slow
 def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     workdir = tmp_path / "w"

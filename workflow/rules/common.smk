@@ -90,6 +90,13 @@ def xrd_finetune_settings():
     return {k: v for k, v in config["xrd"]["finetune"].items() if k != "epochs"}
 
 
+def recipe_data_settings(extra=()):
+    """The `recipes.evaluate` keys that decide a recipe rule's data (size limit, folds,
+    vocabulary) and `extra` ones: passing just these keeps other changes from rerunning it."""
+    block = config["recipes"]["evaluate"]
+    return {key: block[key] for key in ("max_size_nm", "folds", "vocabulary", *extra)}
+
+
 def all_targets():
     """Final outputs of the default run (grows as stages land)."""
     targets = [dataset_dir(name) for name in DATASET_NAMES]

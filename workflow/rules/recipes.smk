@@ -112,7 +112,8 @@ rule recipes_importance:
         ),
     params:
         settings=config["recipes"]["importance"],
-        evaluate=config["recipes"]["evaluate"],
+        # Only the keys it uses, so changing e.g. the evaluated models does not rerun it.
+        evaluate=recipe_data_settings(),
         seed=config["seed"],
     log:
         "logs/recipes/importance.log",
@@ -141,7 +142,7 @@ rule recipes_train:
         "results/recipes/models/forest.pkl",
     params:
         shapes=lambda wildcards, input: f"{input.data}/shape_classes.txt",
-        settings=config["recipes"]["evaluate"],
+        settings=recipe_data_settings(["trees"]),
         seed=config["seed"],
     log:
         "logs/recipes/train.log",
