@@ -1,4 +1,4 @@
-"""``nanoxtal tem ...``: synthetic micrographs.
+"""``nanoxtal tem ...``: synthetic micrographs and the segmentation network.
 
 Heavy imports happen inside the commands, so ``nanoxtal --help`` stays fast.
 """
@@ -56,6 +56,19 @@ def _simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train(args: argparse.Namespace) -> int:
+    from nanoxtal.tem.training import TrainSettings, train_segmenter
+    from nanoxtal.train import TrainerSettings
+
+    published = train_segmenter(
+        args.out_dir,
+        TrainSettings.from_mapping(args.settings),
+        TrainerSettings.from_mapping(args.trainer, {"seed": args.seed}),
+    )
+    print(f"trained segmenter: {published}")
+    return EXIT_OK
+
+
 def add_commands(stages: argparse._SubParsersAction) -> None:
     """Register ``nanoxtal tem`` and its verbs."""
     tem = stages.add_parser("tem", help="transmission electron micrographs: synthetic images")
@@ -81,3 +94,19 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     simulate.add_argument("--prefix", default="synthetic_", help="file name prefix")
     simulate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     simulate.set_defaults(func=_simulate)
+
+    train = verbs.add_parser(
+        "train", help="train the segmentation network on micrographs simulated on the fly"
+    )
+    train.add_argument(
+        "--out-dir", type=Path, required=True, help="stage folder, e.g. results/tem/synthetic"
+    )
+    train.add_argument(
+        "--settings",
+        type=json_object,
+        default={},
+        help="JSON object of TrainSettings fields (nanoxtal.tem.training)",
+    )
+    train.add_argument("--trainer", type=json_object, default={}, help="JSON trainer settings")
+    train.add_argument("--seed", type=int, default=42)
+    train.set_defaults(func=_train)
