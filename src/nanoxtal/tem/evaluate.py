@@ -1,0 +1,424 @@
+"""Instance-segmentation metrics for particle label images, and evaluation of a whole set.
+
+Definitions (per image; ``truth`` and ``predicted`` are label images, 0 = background):
+
+IoU matrix
+    For truth instance i and predicted instance j, IoU = |Tᵢ ∩ Pⱼ| / |Tᵢ ∪ Pⱼ|, computed for all
+    overlapping pairs at once from the contingency table of (truth id, predicted id) pixel
+    pairs; pairs that do not overlap have IoU 0 and are not stored.
+Matching
+    Greedy one-to-one: pairs in order of decreasing IoU, each accepted when neither side is
+    matched yet. At a threshold t, the matches are the greedy pairs with IoU ≥ t (greedy
+    order makes this the same as greedy matching restricted to pairs ≥ t). For t ≥ 0.5 every
+    pair above t is the unique best of both sides, so greedy is also the optimal matching.
+TP, FP, FN at t
+    TP = matched pairs with IoU ≥ t, FP = predicted instances unmatched, FN = truth instances
+    unmatched. The boundary counts: IoU exactly equal to t is a match.
+AP_t ("average precision" of the cellpose/StarDist papers and the 2018 Data Science Bowl)
+    AP_t = TP / (TP + FP + FN), also called accuracy or the critical success index. It is
+    *not* the area under a precision–recall curve (COCO AP), which needs confidence scores
+    that a watershed does not give. AP50, AP75 and AP90 are t = 0.5, 0.75, 0.9. When the
+    image has neither truth nor predicted instances, AP = 1.
+precision_t, recall_t
+    TP / (TP + FP) and TP / (TP + FN); NaN when the denominator is 0.
+foreground IoU
+    IoU of the binary masks (truth > 0 vs predicted > 0), instance ids ignored; 1 when both
+    are empty.
+semantic mIoU
+    Mean of the foreground IoU and the background IoU: the two-class mean IoU of semantic
+    segmentation papers (as Sophon reports "mIoU").
+matched IoU
+    Mean IoU of the pairs matched at IoU ≥ 0.5 (the segmentation quality of panoptic
+    quality): how well the outlines of found particles fit; NaN with no such pair.
+count error
+    |n_pred − n_true| / n_true (relative); ``count_bias`` keeps the sign.
+diameter error
+    |mean d_pred − mean d_true| / mean d_true of the mean equivalent-circle diameter
+    d = 2·√(area/π) (px; relative, so the pixel size cancels).
+
+Set-level summaries average the per-image values over the images evaluated (mean of per-image
+AP, as cellpose and StarDist report) and also give AP pooled over the set: ΣTP / Σ(TP+FP+FN).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from nanoxtal.tem.io import LabelledImage
+
+THRESHOLDS = (0.5, 0.75, 0.9)
+
+
+def _percent(threshold: float) -> str:
+    """Column suffix of a threshold: 0.5 → '50', 0.75 → '75'."""
+    return f"{round(100 * threshold):d}"
+
+
+def _check_labels(labels: np.ndarray, role: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{role} must be a 2-D integer label image, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{role} has negative labels")
+    return labels
+
+
+def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices 0..n with 0 = background, the n original ids, their areas in px²).
+
+    Ids need not be contiguous (annotation tools leave gaps); a lookup table from bincount
+    renumbers them in O(pixels), without sorting.
+    """
+    areas = np.bincount(labels.ravel())
+    ids = np.flatnonzero(areas)
+    ids = ids[ids > 0]
+    lookup = np.zeros(areas.size, dtype=np.int64)
+    lookup[ids] = np.arange(1, ids.size + 1)
+    return lookup[labels], ids, areas[ids]
+
+
+@dataclass(frozen=True, eq=False)
+class Matching:
+    """Overlaps between truth and predicted instances and their greedy one-to-one matching.
+
+    Instances are indexed 0..n−1 in order of their ids.
+
+    Attributes:
+        truth_ids: Label ids of the truth instances (n_true).
+        pred_ids: Label ids of the predicted instances (n_pred).
+        truth_areas: Their areas (px²).
+        pred_areas: Their areas (px²).
+        iou: Sparse IoU matrix (n_true × n_pred), only overlapping pairs stored.
+        matched_truth: Truth index of each greedy match, in order of decreasing IoU.
+        matched_pred: Predicted index of each greedy match.
+        matched_iou: IoU of each greedy match (decreasing; all > 0).
+    """
+
+    truth_ids: np.ndarray
+    pred_ids: np.ndarray
+    truth_areas: np.ndarray
+    pred_areas: np.ndarray
+    iou: sparse.csr_array
+    matched_truth: np.ndarray
+    matched_pred: np.ndarray
+    matched_iou: np.ndarray
+
+    @property
+    def n_true(self) -> int:
+        """Number of truth instances."""
+        return int(self.truth_ids.size)
+
+    @property
+    def n_pred(self) -> int:
+        """Number of predicted instances."""
+        return int(self.pred_ids.size)
+
+    def counts(self, threshold: float) -> tuple[int, int, int]:
+        """(TP, FP, FN) at an IoU threshold (IoU ≥ threshold matches)."""
+        tp = int(np.count_nonzero(self.matched_iou >= threshold))
+        return tp, self.n_pred - tp, self.n_true - tp
+
+
+def _greedy(
+    rows: np.ndarray, cols: np.ndarray, iou: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy one-to-one matching of sparse pairs by decreasing IoU (ties: lower indices)."""
+    order = np.lexsort((cols, rows, -iou))
+    taken_rows, taken_cols, chosen = set(), set(), []
+    # One pass over the overlapping pairs (a few per instance), not over pixels.
+    for index in order:
+        row, col = int(rows[index]), int(cols[index])
+        if row not in taken_rows and col not in taken_cols:
+            taken_rows.add(row)
+            taken_cols.add(col)
+            chosen.append(index)
+    chosen = np.asarray(chosen, dtype=np.int64)
+    return rows[chosen], cols[chosen], iou[chosen]
+
+
+def match_instances(truth: np.ndarray, predicted: np.ndarray) -> Matching:
+    """IoU of every overlapping (truth, predicted) pair and their greedy one-to-one matching.
+
+    Args:
+        truth: Truth labels (height × width), non-negative integers, 0 = background.
+        predicted: Predicted labels, same shape.
+
+    Returns:
+        The matching; see the module docstring for the definitions.
+
+    Raises:
+        ValueError: Shapes differ, or labels that are not non-negative 2-D integer images.
+    """
+    truth = _check_labels(truth, "truth")
+    predicted = _check_labels(predicted, "predicted")
+    if truth.shape != predicted.shape:
+        raise ValueError(f"truth {truth.shape} and predicted {predicted.shape} shapes differ")
+    t, truth_ids, truth_areas = _compact(truth)
+    p, pred_ids, pred_areas = _compact(predicted)
+    n_true, n_pred = truth_ids.size, pred_ids.size
+    # Contingency table of pixel pairs where both are foreground: one code per (truth, pred).
+    both = (t > 0) & (p > 0)
+    codes, intersections = np.unique(
+        (t[both] - 1) * max(n_pred, 1) + (p[both] - 1), return_counts=True
+    )
+    rows, cols = np.divmod(codes, max(n_pred, 1))
+    unions = truth_areas[rows] + pred_areas[cols] - intersections
+    iou = intersections / unions
+    matrix = sparse.csr_array((iou, (rows, cols)), shape=(n_true, n_pred))
+    matched = _greedy(rows, cols, iou)
+    return Matching(truth_ids, pred_ids, truth_areas, pred_areas, matrix, *matched)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else math.nan
+
+
+def average_precision(
+    truth: np.ndarray,
+    predicted: np.ndarray,
+    thresholds: Sequence[float] = THRESHOLDS,
+    matching: Matching | None = None,
+) -> dict[str, float]:
+    """AP = TP / (TP + FP + FN) per IoU threshold, with precision, recall and the counts.
+
+    This is the "average precision" of the cellpose and StarDist papers (see the module
+    docstring), not the COCO area under the precision–recall curve.
+
+    Args:
+        truth: Truth labels, 0 = background.
+        predicted: Predicted labels, same shape.
+        thresholds: IoU thresholds; IoU equal to a threshold counts as a match.
+        matching: A matching of these two images already computed, to reuse.
+
+    Returns:
+        For each threshold t (suffix ``round(100·t)``, e.g. ``50``): ``ap50``,
+        ``precision50``, ``recall50``, ``tp50``, ``fp50``, ``fn50``.
+    """
+    matching = matching or match_instances(truth, predicted)
+    result: dict[str, float] = {}
+    for threshold in thresholds:
+        tp, fp, fn = matching.counts(threshold)
+        suffix = _percent(threshold)
+        result[f"ap{suffix}"] = tp / (tp + fp + fn) if tp + fp + fn else 1.0
+        result[f"precision{suffix}"] = _ratio(tp, tp + fp)
+        result[f"recall{suffix}"] = _ratio(tp, tp + fn)
+        result[f"tp{suffix}"] = tp
+        result[f"fp{suffix}"] = fp
+        result[f"fn{suffix}"] = fn
+    return result
+
+
+def mean_iou(
+    truth: np.ndarray, predicted: np.ndarray, matching: Matching | None = None
+) -> dict[str, float]:
+    """Foreground IoU, two-class semantic mIoU, and mean IoU of pairs matched at IoU ≥ 0.5.
+
+    Args:
+        truth: Truth labels, 0 = background.
+        predicted: Predicted labels, same shape.
+        matching: A matching of these two images already computed, to reuse.
+
+    Returns:
+        ``foreground_iou``, ``semantic_miou`` and ``matched_iou`` (see the module docstring).
+    """
+    matching = matching or match_instances(truth, predicted)
+    truth_mask, pred_mask = np.asarray(truth) > 0, np.asarray(predicted) > 0
+    intersection = np.count_nonzero(truth_mask & pred_mask)
+    union = np.count_nonzero(truth_mask | pred_mask)
+    foreground = intersection / union if union else 1.0
+    background_union = truth_mask.size - intersection
+    background = (truth_mask.size - union) / background_union if background_union else 1.0
+    good = matching.matched_iou[matching.matched_iou >= 0.5]
+    return {
+        "foreground_iou": float(foreground),
+        "semantic_miou": float((foreground + background) / 2),
+        "matched_iou": float(good.mean()) if good.size else math.nan,
+    }
+
+
+def instance_count(labels: np.ndarray) -> int:
+    """Number of distinct non-zero ids in a label image."""
+    areas = np.bincount(np.asarray(labels).ravel())
+    return int(np.count_nonzero(areas[1:]))
+
+
+def count_error(n_true: int, n_pred: int) -> float:
+    """Relative count error |n_pred − n_true| / n_true.
+
+    Returns:
+        The error; 0 when both are 0, infinity when only n_true is 0.
+    """
+    if n_true == 0:
+        return 0.0 if n_pred == 0 else math.inf
+    return abs(n_pred - n_true) / n_true
+
+
+def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
+    """Equivalent-circle diameter 2·√(area/π) of each instance (px), in id order."""
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    return 2 * np.sqrt(areas[areas > 0] / math.pi)
+
+
+def diameter_error(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Relative error of the mean equivalent-circle diameter, |d̄_pred − d̄_true| / d̄_true.
+
+    Returns:
+        The error; NaN when either image has no instance.
+    """
+    true_d, pred_d = equivalent_diameters(truth), equivalent_diameters(predicted)
+    if not true_d.size or not pred_d.size:
+        return math.nan
+    return float(abs(pred_d.mean() - true_d.mean()) / true_d.mean())
+
+
+def box_count_error(boxes: np.ndarray, predicted: np.ndarray) -> float:
+    """Relative count error against box labels: |n_pred − n_boxes| / n_boxes."""
+    return count_error(len(boxes), instance_count(predicted))
+
+
+# ---------------------------------------------------------------------------------------------
+# One image and a whole set.
+
+
+def evaluate_instances(
+    truth: np.ndarray, predicted: np.ndarray, thresholds: Sequence[float] = THRESHOLDS
+) -> dict[str, float]:
+    """Every instance metric of one image against instance truth, as one flat dict."""
+    matching = match_instances(truth, predicted)
+    true_d = equivalent_diameters(truth)
+    pred_d = equivalent_diameters(predicted)
+    n_true, n_pred = matching.n_true, matching.n_pred
+    return {
+        "n_true": n_true,
+        "n_pred": n_pred,
+        **average_precision(truth, predicted, thresholds, matching),
+        **mean_iou(truth, predicted, matching),
+        "count_error": count_error(n_true, n_pred),
+        "count_bias": (n_pred - n_true) / n_true if n_true else math.nan,
+        "diameter_true_px": float(true_d.mean()) if true_d.size else math.nan,
+        "diameter_pred_px": float(pred_d.mean()) if pred_d.size else math.nan,
+        "diameter_error": diameter_error(truth, predicted),
+    }
+
+
+def evaluate_boxes(boxes: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Count metrics of one image against box truth (boxes carry no outlines to match)."""
+    n_true, n_pred = len(boxes), instance_count(predicted)
+    return {
+        "n_true": n_true,
+        "n_pred": n_pred,
+        "count_error": count_error(n_true, n_pred),
+        "count_bias": (n_pred - n_true) / n_true if n_true else math.nan,
+    }
+
+
+def _evaluate_one(
+    item: LabelledImage,
+    predictor: Callable[[np.ndarray], np.ndarray],
+    thresholds: Sequence[float],
+) -> dict[str, object]:
+    """One per-image row; raises whatever reading, predicting or scoring raises."""
+    if item.error is not None or item.image is None:
+        raise ValueError(item.error or "no image")
+    start = time.perf_counter()
+    predicted = np.asarray(predictor(item.image))
+    seconds = time.perf_counter() - start
+    if predicted.shape != item.image.shape:
+        raise ValueError(f"prediction has shape {predicted.shape}, image {item.image.shape}")
+    if item.instances is not None:
+        metrics = evaluate_instances(item.instances, predicted, thresholds)
+    elif item.boxes is not None:
+        metrics = evaluate_boxes(item.boxes, predicted)
+    else:
+        raise ValueError("image has neither instance nor box labels")
+    return {"seconds": seconds, **metrics}
+
+
+def summarise(table: pd.DataFrame, thresholds: Sequence[float] = THRESHOLDS) -> dict[str, object]:
+    """Set-level numbers from per-image rows of ``evaluate_set`` (or a subset of them).
+
+    Failed images are left out of the means and listed with their errors.
+
+    Returns:
+        ``images``, ``evaluated``, ``failed`` (name and error of each), ``n_true`` and ``n_pred``
+        summed, ``images_per_s`` of prediction, the mean of each per-image metric where it is
+        defined (``ap50``, ``precision50``, ``recall50``, ..., ``foreground_iou``,
+        ``semantic_miou``, ``matched_iou``, ``count_error``, ``count_bias``,
+        ``diameter_error``), ``count_error_median``, and pooled AP ``ap50_pooled`` =
+        ΣTP / Σ(TP + FP + FN).
+    """
+    ok = table[table["error"].isna()]
+    summary: dict[str, object] = {
+        "images": len(table),
+        "evaluated": len(ok),
+        "failed": table.loc[table["error"].notna(), ["name", "error"]].to_dict("records"),
+        "n_true": int(ok["n_true"].sum()) if len(ok) else 0,
+        "n_pred": int(ok["n_pred"].sum()) if len(ok) else 0,
+        "images_per_s": len(ok) / ok["seconds"].sum() if len(ok) and ok["seconds"].sum() else None,
+    }
+    metrics = ["count_error", "count_bias", "diameter_error"]
+    metrics += ["foreground_iou", "semantic_miou", "matched_iou"]
+    for threshold in thresholds:
+        suffix = _percent(threshold)
+        metrics += [f"ap{suffix}", f"precision{suffix}", f"recall{suffix}"]
+        if f"tp{suffix}" in ok:
+            tp, fp, fn = (ok[f"{key}{suffix}"].sum() for key in ("tp", "fp", "fn"))
+            summary[f"ap{suffix}_pooled"] = float(tp / (tp + fp + fn)) if tp + fp + fn else None
+    for metric in metrics:
+        if metric in ok and ok[metric].notna().any():
+            # Mean over images where the metric is defined (per-image AP, as cellpose reports).
+            summary[metric] = float(ok[metric].replace([np.inf], np.nan).mean())
+    if "count_error" in summary:
+        # One image with thousands of false specks dominates the mean; the median does not.
+        summary["count_error_median"] = float(ok["count_error"].median())
+    return summary
+
+
+def evaluate_set(
+    images: Iterable[LabelledImage],
+    predictor: Callable[[np.ndarray], np.ndarray],
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> tuple[pd.DataFrame, dict[str, object]]:
+    """Predict and score every image of a labelled set; one failure does not stop the rest.
+
+    Images with instance truth get every metric; images with box truth get the count metrics.
+    An image that could not be read (``error`` set), or whose prediction or scoring raises, is
+    recorded with its error message and left out of the summary's means.
+
+    Args:
+        images: The labelled images (e.g. from ``read_labelled_set``).
+        predictor: Maps a grey image to an integer label image of the same shape.
+        thresholds: IoU thresholds for AP, precision and recall.
+
+    Returns:
+        The per-image table (``name``, ``error`` (None when fine), ``seconds`` of prediction,
+        and the metrics) and the set summary (means over evaluated images, pooled AP, counts,
+        images per second of prediction, and the failed images with their errors).
+    """
+    rows = []
+    for item in images:
+        try:
+            row = _evaluate_one(item, predictor, thresholds)
+            rows.append({"name": item.name, "error": None, **row})
+        # Any failure of one image (bad file, predictor crash) is that image's result.
+        except Exception as error:
+            rows.append({"name": item.name, "error": f"{type(error).__name__}: {error}"})
+    table = pd.DataFrame(rows, columns=_columns(rows))
+    # Keep None (not NaN) for images without error: pandas would infer a string column.
+    table["error"] = pd.Series([row["error"] for row in rows], dtype=object, index=table.index)
+    return table, summarise(table, thresholds)
+
+
+def _columns(rows: list[dict[str, object]]) -> list[str]:
+    """Column order: name, error, then every metric in first-seen order."""
+    columns = {"name": None, "error": None, "seconds": None, "n_true": None, "n_pred": None}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    return list(columns)

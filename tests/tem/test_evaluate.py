@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nanoxtal.tem.evaluate import (
+    average_precision,
+    box_count_error,
+    count_error,
+    diameter_error,
+    equivalent_diameters,
+    evaluate_set,
+    match_instances,
+    mean_iou,
+    summarise,
+)
+from nanoxtal.tem.io import LabelledImage
+
+
+def squares(shape: tuple[int, int], boxes: dict[int, tuple[int, int, int, int]]) -> np.ndarray:
+    """Label image with rectangles (row0, col0, row1, col1) painted in the given ids."""
+    labels = np.zeros(shape, dtype=np.int32)
+    for label, (r0, c0, r1, c1) in boxes.items():
+        labels[r0:r1, c0:c1] = label
+    return labels
+
+
+FOUR = squares(
+    (40, 40), {1: (2, 2, 10, 10), 2: (2, 20, 10, 28), 3: (20, 2, 28, 10), 4: (20, 20, 28, 28)}
+)
+
+
+def test_perfect_prediction_with_other_ids():
+    # Ids are arbitrary and may have gaps (as in real annotation files).
+    lookup = np.array([0, 70, 3, 12, 9])
+    predicted = lookup[FOUR]
+    ap = average_precision(FOUR, predicted)
+    assert ap["ap50"] == ap["ap75"] == ap["ap90"] == 1.0
+    assert ap["precision90"] == ap["recall90"] == 1.0
+    ious = mean_iou(FOUR, predicted)
+    assert ious == {"foreground_iou": 1.0, "semantic_miou": 1.0, "matched_iou": 1.0}
+    assert count_error(4, 4) == 0.0
+    assert diameter_error(FOUR, predicted) == 0.0
+
+
+def test_one_missing_particle():
+    predicted = np.where(FOUR == 4, 0, FOUR)
+    ap = average_precision(FOUR, predicted)
+    assert (ap["tp50"], ap["fp50"], ap["fn50"]) == (3, 0, 1)
+    assert ap["ap50"] == pytest.approx(3 / 4)
+    assert ap["precision50"] == 1.0
+    assert ap["recall50"] == pytest.approx(3 / 4)
+    assert count_error(4, 3) == pytest.approx(0.25)
+    assert mean_iou(FOUR, predicted)["foreground_iou"] == pytest.approx(3 / 4)
+
+
+def test_merged_pair():
+    truth = squares((20, 30), {1: (0, 0, 10, 10), 2: (0, 10, 10, 20)})
+    predicted = squares((20, 30), {5: (0, 0, 10, 20)})
+    matching = match_instances(truth, predicted)
+    assert (matching.n_true, matching.n_pred) == (2, 1)
+    np.testing.assert_allclose(matching.iou.toarray(), [[0.5], [0.5]])
+    ap = average_precision(truth, predicted)
+    # IoU 0.5 is a match at 0.5 (ties go to the lower truth id), none at 0.75.
+    assert (ap["tp50"], ap["fp50"], ap["fn50"]) == (1, 0, 1)
+    assert ap["ap50"] == 0.5
+    assert (ap["tp75"], ap["fp75"], ap["fn75"]) == (0, 1, 2)
+    assert ap["ap75"] == 0.0
+    assert count_error(2, 1) == 0.5
+    # One 10×20 region against two 10×10: the mean area doubles, the diameter grows by √2.
+    assert diameter_error(truth, predicted) == pytest.approx(math.sqrt(2) - 1)
+
+
+@pytest.mark.parametrize(
+    ("covered_px", "matched_at"),
+    [(8, {0.5}), (12, {0.5, 0.75}), (15, {0.5, 0.75, 0.9}), (7, set())],
+)
+def test_iou_threshold_boundaries(covered_px, matched_at):
+    # A 4×4 truth square; the prediction covers the first ``covered_px`` of its pixels only,
+    # so IoU = covered/16: 8 → 0.5 and 12 → 0.75 exactly, which count as matches.
+    truth = squares((6, 6), {1: (1, 1, 5, 5)})
+    predicted = np.zeros_like(truth)
+    rows, cols = np.nonzero(truth)
+    predicted[rows[:covered_px], cols[:covered_px]] = 1
+    ap = average_precision(truth, predicted, thresholds=(0.5, 0.75, 0.9))
+    for threshold, suffix in ((0.5, "50"), (0.75, "75"), (0.9, "90")):
+        assert ap[f"tp{suffix}"] == (threshold in matched_at)
+
+
+def test_iou_matrix_matches_brute_force():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 6, size=(30, 30))
+    predicted = rng.integers(0, 5, size=(30, 30)) * 3  # ids 0, 3, 6, 9, 12
+    matching = match_instances(truth, predicted)
+    expected = np.zeros((matching.n_true, matching.n_pred))
+    for i, t in enumerate(matching.truth_ids):
+        for j, p in enumerate(matching.pred_ids):
+            a, b = truth == t, predicted == p
+            expected[i, j] = (a & b).sum() / (a | b).sum()
+    np.testing.assert_allclose(matching.iou.toarray(), expected)
+    # Greedy one-to-one: each side at most once, in decreasing IoU.
+    assert len(set(matching.matched_truth)) == len(matching.matched_truth)
+    assert len(set(matching.matched_pred)) == len(matching.matched_pred)
+    assert np.all(np.diff(matching.matched_iou) <= 0)
+
+
+def test_empty_images():
+    empty = np.zeros((8, 8), dtype=np.int32)
+    assert average_precision(empty, empty)["ap50"] == 1.0
+    assert mean_iou(empty, empty)["foreground_iou"] == 1.0
+    ap = average_precision(FOUR, np.zeros_like(FOUR))
+    assert ap["ap50"] == 0.0 and ap["recall50"] == 0.0 and math.isnan(ap["precision50"])
+    assert math.isnan(mean_iou(FOUR, np.zeros_like(FOUR))["matched_iou"])
+    assert math.isnan(diameter_error(FOUR, np.zeros_like(FOUR)))
+    assert count_error(0, 0) == 0.0 and count_error(0, 3) == math.inf
+
+
+def test_semantic_miou_averages_foreground_and_background():
+    truth = squares((10, 10), {1: (0, 0, 5, 10)})  # top half
+    predicted = squares((10, 10), {1: (0, 0, 10, 5)})  # left half
+    ious = mean_iou(truth, predicted)
+    assert ious["foreground_iou"] == pytest.approx(25 / 75)
+    assert ious["semantic_miou"] == pytest.approx((25 / 75 + 25 / 75) / 2)
+
+
+def test_invalid_inputs():
+    with pytest.raises(ValueError, match="shapes differ"):
+        match_instances(FOUR, FOUR[:-1])
+    with pytest.raises(ValueError, match="integer"):
+        match_instances(FOUR.astype(float), FOUR)
+
+
+def test_diameters_and_box_counts():
+    assert equivalent_diameters(squares((20, 20), {2: (0, 0, 10, 10)})) == pytest.approx(
+        [2 * math.sqrt(100 / math.pi)]
+    )
+    boxes = np.zeros((5, 4))
+    assert box_count_error(boxes, FOUR) == pytest.approx(0.2)
+
+
+def test_evaluate_set_records_failures_and_continues():
+    image = np.linspace(0, 1, FOUR.size, dtype=np.float32).reshape(FOUR.shape)
+
+    def predictor(pixels):
+        if pixels[0, 0] < 0:
+            raise RuntimeError("model crashed")
+        return FOUR
+
+    items = [
+        LabelledImage("good", image, instances=FOUR),
+        LabelledImage("unreadable", None, error="bad.png: empty file (0 bytes)"),
+        LabelledImage("crash", image - 1, instances=FOUR),
+        LabelledImage("boxes", image, boxes=np.zeros((5, 4))),
+    ]
+    table, summary = evaluate_set(items, predictor)
+    assert list(table["name"]) == ["good", "unreadable", "crash", "boxes"]
+    errors = dict(zip(table["name"], table["error"], strict=True))
+    assert errors["good"] is None and errors["boxes"] is None
+    assert "empty file" in errors["unreadable"]
+    assert "model crashed" in errors["crash"]
+    assert summary["images"] == 4 and summary["evaluated"] == 2
+    assert [failure["name"] for failure in summary["failed"]] == ["unreadable", "crash"]
+    assert summary["ap50"] == 1.0 and summary["ap50_pooled"] == 1.0
+    # Count error: 0 on the instance image, |4 − 5|/5 on the box image.
+    assert summary["count_error"] == pytest.approx(0.1)
+    assert summary["n_true"] == 9 and summary["n_pred"] == 8
+    assert summarise(table[table["name"] == "boxes"])["evaluated"] == 1
