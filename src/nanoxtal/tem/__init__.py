@@ -1,1 +1,1 @@
-"""TEM stage: synthetic bright-field micrographs with exact instance truth."""
+"""TEM stage: synthetic micrographs, instance segmentation (U-Net + watershed), metrics."""
