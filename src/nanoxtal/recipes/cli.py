@@ -84,7 +84,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nanoxtal.recipes.clean import read_shape_classes
     from nanoxtal.recipes.ensemble import EnsemblePlan, cross_validate_transformer
     from nanoxtal.recipes.evaluate import cross_validate, summarise
-    from nanoxtal.recipes.featurize import Featurizer, frequent_reagents
+    from nanoxtal.recipes.featurize import featurize_evaluated
     from nanoxtal.recipes.intermediates import augment, summary
     from nanoxtal.train import TrainerSettings
 
@@ -95,10 +95,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         **args.transformer,
     )
     table = pd.read_parquet(args.recipes)
-    table = table[table["size_nm"] <= args.max_size].reset_index(drop=True)
     registry = Registry(args.registry)
-    featurizer = Featurizer(registry, frequent_reagents(table, registry, args.vocabulary))
-    features = featurizer.transform(table)
+    table, featurizer, features = featurize_evaluated(
+        table, registry, args.max_size, args.vocabulary
+    )
     metrics: dict[str, object] = {
         "recipes": len(table),
         "max_size_nm": args.max_size,
@@ -205,7 +205,7 @@ def _importance(args: argparse.Namespace) -> int:
 
     from nanoxtal.plots import importance_figure
     from nanoxtal.recipes.chemicals import Registry
-    from nanoxtal.recipes.featurize import Featurizer, frequent_reagents
+    from nanoxtal.recipes.featurize import featurize_evaluated
     from nanoxtal.recipes.importance import (
         chemical_groups,
         column_groups,
@@ -214,10 +214,10 @@ def _importance(args: argparse.Namespace) -> int:
     )
 
     table = pd.read_parquet(args.recipes)
-    table = table[table["size_nm"] <= args.max_size].reset_index(drop=True)
     registry = Registry(args.registry)
-    featurizer = Featurizer(registry, frequent_reagents(table, registry, args.vocabulary))
-    features = featurizer.transform(table)
+    table, featurizer, features = featurize_evaluated(
+        table, registry, args.max_size, args.vocabulary
+    )
     settings = {
         "model": "random_forest",
         "k": args.folds,
@@ -385,6 +385,14 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         "--registry", type=Path, help="chemical registry .yaml (default: the package's)"
     )
 
+    # Options of every verb that fits forests on the evaluated recipes.
+    forests = argparse.ArgumentParser(add_help=False)
+    forests.add_argument("--max-size", type=float, default=20.0, help="nm, as the reference")
+    forests.add_argument("--vocabulary", type=int, default=60, help="reagents with own column")
+    forests.add_argument("--trees", type=int, default=300, help="trees / boosting iterations")
+    forests.add_argument("--threads", type=int, default=1)
+    forests.add_argument("--seed", type=int, default=42)
+
     clean = verbs.add_parser("clean", parents=[registry], help="tidy the raw recipe workbook")
     clean.add_argument("sheet", type=Path, help="raw_recipe_dataset.xlsx")
     clean.add_argument("--shapes", type=Path, required=True, help="shape_classes.txt")
@@ -402,7 +410,7 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     chemicals.set_defaults(func=_chemicals)
 
     evaluate = verbs.add_parser(
-        "evaluate", parents=[registry], help="cross-validated size and shape models"
+        "evaluate", parents=[registry, forests], help="cross-validated size and shape models"
     )
     evaluate.add_argument("recipes", type=Path, help="tidy recipes (.parquet)")
     evaluate.add_argument("--shapes", type=Path, required=True, help="shape_classes.txt")
@@ -413,15 +421,10 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         "--models",
         nargs="+",
         choices=("random_forest", "gradient_boosting", "transformer"),
-        default=["random_forest", "transformer"],
+        default=["random_forest"],
     )
-    evaluate.add_argument("--max-size", type=float, default=20.0, help="nm, as the reference")
     evaluate.add_argument("--folds", type=int, default=5)
     evaluate.add_argument("--products", nargs="*", default=list(REFERENCE_PRODUCTS))
-    evaluate.add_argument("--vocabulary", type=int, default=60, help="reagents with own column")
-    evaluate.add_argument("--trees", type=int, default=300, help="trees / boosting iterations")
-    evaluate.add_argument("--threads", type=int, default=1)
-    evaluate.add_argument("--seed", type=int, default=42)
     evaluate.add_argument(
         "--augment",
         choices=("none", "on", "compare"),
@@ -457,33 +460,27 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(func=_evaluate)
 
     importance = verbs.add_parser(
-        "importance", parents=[registry], help="permutation importance by role and chemical"
+        "importance",
+        parents=[registry, forests],
+        help="permutation importance by role and chemical",
     )
     importance.add_argument("recipes", type=Path, help="tidy recipes (.parquet)")
     importance.add_argument("--out", type=Path, required=True, help="importances (.csv)")
     importance.add_argument("--summary", type=Path, required=True, help="rankings (.json)")
     importance.add_argument("--figure", type=Path, required=True, help="bar charts (.png)")
-    importance.add_argument("--max-size", type=float, default=20.0, help="nm, as the reference")
     importance.add_argument("--folds", type=int, default=5)
     importance.add_argument("--repeats", type=int, default=3, help="permutations per fold")
-    importance.add_argument("--vocabulary", type=int, default=60, help="reagents with own column")
-    importance.add_argument("--trees", type=int, default=300)
-    importance.add_argument("--threads", type=int, default=1)
-    importance.add_argument("--seed", type=int, default=42)
     importance.set_defaults(func=_importance)
 
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="trained recipe model")
 
-    train = verbs.add_parser("train", parents=[registry], help="train the size/shape model")
+    train = verbs.add_parser(
+        "train", parents=[registry, forests], help="train the size/shape model"
+    )
     train.add_argument("recipes", type=Path, help="tidy recipes (.parquet)")
     train.add_argument("--shapes", type=Path, required=True, help="shape_classes.txt")
     train.add_argument("--out", type=Path, required=True, help="model file (.pkl)")
-    train.add_argument("--max-size", type=float, default=20.0, help="nm")
-    train.add_argument("--vocabulary", type=int, default=60, help="reagents with own column")
-    train.add_argument("--trees", type=int, default=300)
-    train.add_argument("--threads", type=int, default=1)
-    train.add_argument("--seed", type=int, default=42)
     train.set_defaults(func=_train)
 
     predict = verbs.add_parser(

@@ -31,7 +31,7 @@ from nanoxtal.recipes.clean import (
     normalise_name,
 )
 from nanoxtal.recipes.evaluate import baseline
-from nanoxtal.recipes.featurize import Featurizer, frequent_reagents
+from nanoxtal.recipes.featurize import Featurizer, featurize_evaluated
 
 LIST_SEPARATOR = ";"
 REQUIRED_FIELDS = ("product", "reaction_temperature_c", "time_min", "reagents", "amounts_mmol")
@@ -206,14 +206,13 @@ class RecipeForest:
         max_size_nm: float = 20.0,
     ) -> RecipeForest:
         """Train on every recipe up to ``max_size_nm``."""
-        table = table[table["size_nm"] <= max_size_nm].reset_index(drop=True)
-        words = frequent_reagents(table, registry, vocabulary)
-        x = Featurizer(registry, words).transform(table).to_numpy(dtype=float)
+        table, featurizer, features = featurize_evaluated(table, registry, max_size_nm, vocabulary)
+        x = features.to_numpy(dtype=float)
         size = baseline("random_forest", "size", seed, threads, trees)
         shape = baseline("random_forest", "shape", seed, threads, trees)
         size.fit(x, table["size_nm"].to_numpy(dtype=float))
         shape.fit(x, table["shape_class"].to_numpy())
-        return cls(words, size, shape, list(shape_names), len(table), max_size_nm)
+        return cls(featurizer.vocabulary, size, shape, list(shape_names), len(table), max_size_nm)
 
     def save(self, path: Path | str) -> None:
         """Pickle the model (trusted use only: pickles can run code when loaded)."""

@@ -183,3 +183,19 @@ def _weighted_nanmean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     total = (present * weights[:, None]).sum(axis=0)
     summed = np.nansum(values * weights[:, None], axis=0)
     return np.divide(summed, total, out=np.full(values.shape[1], np.nan), where=total > 0)
+
+
+def featurize_evaluated(
+    table: pd.DataFrame, registry: Registry, max_size_nm: float, vocabulary: int
+) -> tuple[pd.DataFrame, Featurizer, pd.DataFrame]:
+    """The evaluated recipes, a featurizer for them and their feature matrix.
+
+    Recipes are kept up to ``max_size_nm`` (the reference evaluates 0-20 nm); the featurizer
+    gives the ``vocabulary`` most used of their reagents an amount column each.
+
+    Returns:
+        (recipes, featurizer, features), recipes re-indexed from 0.
+    """
+    table = table[table["size_nm"] <= max_size_nm].reset_index(drop=True)
+    featurizer = Featurizer(registry, frequent_reagents(table, registry, vocabulary))
+    return table, featurizer, featurizer.transform(table)
