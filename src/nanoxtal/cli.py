@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from nanoxtal import __version__
-from nanoxtal.arguments import json_object
+from nanoxtal.arguments import json_object, settings_from
 from nanoxtal.data import DatasetError, datasets, get_dataset, import_dataset, verify
 from nanoxtal.data.registry import Dataset, manifest_entry, missing_files
 from nanoxtal.files import atomic_write
@@ -281,7 +281,7 @@ def _xrd_train(args: argparse.Namespace) -> int:
         args.structures,
         args.peaks,
         args.out_dir,
-        TrainSettings(**args.settings),
+        settings_from(TrainSettings, args.settings, "XRD training"),
         _trainer_settings(args),
     )
     print(f"trained model: {published}")
@@ -295,7 +295,7 @@ def _xrd_finetune(args: argparse.Namespace) -> int:
         args.model,
         args.measured,
         args.out_dir,
-        FinetuneSettings(**args.settings),
+        settings_from(FinetuneSettings, args.settings, "XRD fine-tuning"),
         _trainer_settings(args),
     )
     print(f"fine-tuned model: {published}")

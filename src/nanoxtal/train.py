@@ -22,7 +22,7 @@ import json
 import random
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -34,6 +34,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from nanoxtal.arguments import settings_from
 from nanoxtal.files import atomic_write
 
 COMPLETE_MARKER = "COMPLETE"
@@ -101,16 +102,10 @@ class TrainerSettings:
         Raises:
             ValueError: If a mapping holds a key that is not a trainer setting.
         """
-        known = {f.name for f in fields(cls)}
         merged: dict[str, Any] = {}
         for layer in layers:
-            for key, value in (layer or {}).items():
-                if key not in known:
-                    raise ValueError(
-                        f"unknown trainer setting {key!r}; known settings: {sorted(known)}"
-                    )
-                merged[key] = value
-        return cls(**merged)
+            merged.update(layer or {})
+        return settings_from(cls, merged, "trainer")
 
 
 def _numpy_state_to_plain(state: tuple) -> tuple:

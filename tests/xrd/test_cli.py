@@ -161,3 +161,10 @@ def test_random_crystals_join_the_training_set(tmp_path, table_missing):
     assert all(len(sticks.sticks[i][0]) > 0 for i in random_rows)
     with pytest.raises(ValueError, match="appears twice"):
         load_sticks([tables[0], tables[0]], peaks)
+
+
+def test_train_names_an_unknown_setting(tmp_path, capsys):
+    args = ["xrd", "train", "--structures", str(tmp_path / "s.parquet")]
+    args += ["--peaks", str(tmp_path / "p.parquet"), "--out-dir", str(tmp_path / "out")]
+    assert main([*args, "--settings", '{"epochz": 3}']) != 0
+    assert "unknown XRD training setting 'epochz'" in capsys.readouterr().err

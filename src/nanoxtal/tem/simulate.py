@@ -28,7 +28,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -38,6 +38,7 @@ import tifffile
 from scipy import ndimage
 from skimage import draw, io
 
+from nanoxtal.arguments import settings_from
 from nanoxtal.files import atomic_write
 
 # The shape classes of the recipe data (data/recipes/shape_classes.txt), in that file's order.
@@ -174,17 +175,7 @@ class MicrographSettings:
         Raises:
             ValueError: Unknown keys or invalid values.
         """
-        known = {item.name for item in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown micrograph setting(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        try:
-            return cls(**values)
-        except TypeError as error:  # e.g. a string where a number belongs
-            raise ValueError(f"invalid micrograph settings: {error}") from error
+        return settings_from(cls, values, "micrograph")
 
 
 def _problems(settings: MicrographSettings) -> list[str]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanoxtal.arguments import settings_from
 from nanoxtal.tem.datamodule import SyntheticTemDataModule
 from nanoxtal.tem.module import Segmenter
 from nanoxtal.tem.nets import build_net
@@ -60,14 +61,7 @@ class TrainSettings:
         Raises:
             ValueError: A key that is not a setting.
         """
-        known = {item.name for item in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown TEM training setting(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
+        return settings_from(cls, values, "TEM training")
 
 
 def train_segmenter(out_dir: Path | str, settings: TrainSettings, trainer: TrainerSettings) -> Path:
