@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nanoxtal.cli import main
-from nanoxtal.tem.datamodule import FreshSeeds, SyntheticTemDataModule
+from nanoxtal.tem.datamodule import FreshSeeds, TemDataModule
 from nanoxtal.tem.module import (
     Segmenter,
     blend_window,
@@ -48,7 +48,7 @@ def small_segmenter(**kwargs) -> Segmenter:
 
 
 def test_datamodule_draws_fresh_training_and_fixed_validation_images():
-    data = SyntheticTemDataModule(
+    data = TemDataModule(
         {"diameter_nm": 8.0},
         {"nm_per_px": [0.4, 0.6]},
         crop_px=64,
@@ -61,7 +61,8 @@ def test_datamodule_draws_fresh_training_and_fixed_validation_images():
     first = next(iter(data.val_dataloader()))
     assert torch.equal(first["image"], next(iter(data.val_dataloader()))["image"])
     assert first["image"].shape == (2, 1, 64, 64) and first["foreground"].shape == (2, 64, 64)
-    assert set(first) == {"image", *OUTPUTS}
+    assert set(first) == {"image", "valid", *OUTPUTS}
+    assert bool((first["valid"] == 1).all())  # every synthetic pixel is trusted
     assert float(first["image"].min()) >= 0.0 and float(first["image"].max()) <= 1.0
     loader = data.train_dataloader()
     a, b = (next(iter(loader))["image"] for _ in range(2))
@@ -74,13 +75,13 @@ def test_datamodule_draws_fresh_training_and_fixed_validation_images():
 
 def test_datamodule_rejects_bad_settings():
     with pytest.raises(ValueError, match="cannot randomise"):
-        SyntheticTemDataModule(ranges={"bits": [8, 16]})
+        TemDataModule(ranges={"bits": [8, 16]})
     with pytest.raises(ValueError, match="cannot randomise"):
-        SyntheticTemDataModule(ranges={"shape_weights": [0, 1]})
+        TemDataModule(ranges={"shape_weights": [0, 1]})
     with pytest.raises(ValueError, match="low <= high"):
-        SyntheticTemDataModule(ranges={"nm_per_px": [1.0, 0.5]})
+        TemDataModule(ranges={"nm_per_px": [1.0, 0.5]})
     with pytest.raises(ValueError, match="unknown micrograph setting"):
-        SyntheticTemDataModule({"colour": 1})
+        TemDataModule({"colour": 1})
 
 
 def test_losses_are_small_for_perfect_maps():
@@ -98,7 +99,7 @@ def test_losses_are_small_for_perfect_maps():
 
 
 def test_a_few_steps_lower_the_loss():
-    data = SyntheticTemDataModule(
+    data = TemDataModule(
         {"diameter_nm": 10.0, "coverage": 0.3}, crop_px=64, val_images=4, batch_size=4, seed=0
     )
     batch = next(iter(data.val_dataloader()))

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nanoxtal.arguments import json_object
+from nanoxtal.arguments import json_object, settings_from
 from nanoxtal.files import atomic_write
 
 EXIT_OK = 0
@@ -64,9 +64,146 @@ def _train(args: argparse.Namespace) -> int:
         args.out_dir,
         TrainSettings.from_mapping(args.settings),
         TrainerSettings.from_mapping(args.trainer, {"seed": args.seed}),
+        banks=args.bank,
+        init_from=args.init,
     )
     print(f"trained segmenter: {published}")
     return EXIT_OK
+
+
+def _bank(args: argparse.Namespace) -> int:
+    from nanoxtal.tem.bank import labelled_bank, save_bank
+
+    bank, splits = labelled_bank(dict(args.set), args.split_seed, args.test_share)
+    save_bank(bank, args.out)
+    record = {
+        "sets": {name: str(folder) for name, folder in args.set},
+        "split_seed": args.split_seed,
+        "test_share": args.test_share,
+        "images": list(bank.names),
+        "pixels": bank.pixels,
+        "splits": splits,
+    }
+    if args.summary:
+        with atomic_write(args.summary) as partial:
+            partial.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{len(bank)} labelled training images ({bank.pixels} px) written to {args.out}")
+    return EXIT_OK
+
+
+def _pseudo(args: argparse.Namespace) -> int:
+    import sys
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from nanoxtal.tem.bank import PseudoSettings, pseudo_bank, save_bank
+    from nanoxtal.tem.io import TemImageError, image_files, read_image
+    from nanoxtal.tem.module import load_segmenter
+
+    settings = settings_from(PseudoSettings, args.settings, "pseudo-label")
+    model = load_segmenter(args.model)
+    files = image_files(args.images)
+    images, names, failed = [], [], []
+    for path in files:
+        try:
+            images.append(read_image(path))
+            names.append(path.stem)
+        except TemImageError as error:
+            failed.append(str(error))
+            print(f"skipped: {error}", file=sys.stderr)
+    if not images:
+        raise SystemExit(f"no readable image among {len(files)} files: nothing to pseudo-label")
+    bank = pseudo_bank(
+        model, tqdm(images, desc="pseudo-label", disable=args.no_progress), names, settings
+    )
+    save_bank(bank, args.out)
+    kept = sum(int(np.count_nonzero(np.unique(labels))) for labels in bank.instances)
+    trusted = sum(int(mask.sum()) for mask in bank.valid) / bank.pixels
+    print(
+        f"{len(bank)} pseudo-labelled images ({kept} particles, {trusted:.1%} of pixels trusted)"
+        f" written to {args.out}"
+    )
+    return EXIT_OK if not failed else 1
+
+
+def labelled_folder(text: str) -> tuple[str, Path]:
+    """``NAME=FOLDER`` of a labelled set (argparse type)."""
+    from nanoxtal.tem.io import LABELLED_SETS
+
+    name, sep, folder = text.partition("=")
+    if not sep or name not in LABELLED_SETS or not folder:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=FOLDER with NAME one of {', '.join(LABELLED_SETS)}, got {text!r}"
+        )
+    return name, Path(folder)
+
+
+def _split_arguments(parser: argparse.ArgumentParser) -> None:
+    """The labelled sets and their fixed train/test split (shared by bank and evaluate)."""
+    parser.add_argument(
+        "--set",
+        type=labelled_folder,
+        action="append",
+        required=True,
+        metavar="NAME=FOLDER",
+        help="a labelled set and its folder, e.g. msa_em=data/tem/msa_em; repeatable",
+    )
+    parser.add_argument("--split-seed", type=int, default=42, help="seed of the fixed split")
+    parser.add_argument(
+        "--test-share", type=float, default=0.5, help="share of each set kept for evaluation"
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nanoxtal.tem.evaluate import evaluate_test_parts, evaluation_figure
+    from nanoxtal.tem.module import load_segmenter
+    from nanoxtal.tem.segment import SegmentSettings, segment_image
+
+    settings = SegmentSettings.from_mapping(args.segment)
+    polarity = dict(args.polarity)
+    model = load_segmenter(args.model) if args.model else None
+
+    def predictors(name: str) -> dict:
+        chosen = SegmentSettings.from_mapping(
+            {**args.segment, "polarity": polarity.get(name, settings.polarity)}
+        )
+        methods = {"baseline": lambda image: segment_image(image, None, chosen)}
+        if model is not None:
+            methods["model"] = lambda image: segment_image(image, model, chosen)
+        return methods
+
+    metrics: dict[str, object] = {"model": str(args.model) if args.model else None}
+    tables = []
+    for name, folder in args.set:
+        found, table = evaluate_test_parts(
+            {name: folder}, predictors(name), args.split_seed, args.test_share
+        )
+        metrics |= found
+        tables.append(table)
+    with atomic_write(args.out) as partial:
+        partial.write_text(json.dumps(metrics, indent=2, default=_json_number) + "\n")
+    if args.per_image:
+        per_image = pd.concat(tables, ignore_index=True)
+        with atomic_write(args.per_image) as partial:
+            per_image.to_csv(partial, index=False)
+    if args.figure:
+        with atomic_write(args.figure) as partial:
+            evaluation_figure(metrics, partial)
+    for key, value in metrics.items():
+        if key.endswith(("/ap50", "/semantic_miou", "/count_error", "/diameter_error")):
+            print(f"{key}: {value:.3f}")
+    return EXIT_OK
+
+
+def _json_number(value: object) -> object:
+    """Plain numbers for numpy scalars; null for NaN and infinity."""
+    import math
+
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def add_commands(stages: argparse._SubParsersAction) -> None:
@@ -109,4 +246,60 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--trainer", type=json_object, default={}, help="JSON trainer settings")
     train.add_argument("--seed", type=int, default=42)
+    train.add_argument(
+        "--bank",
+        type=Path,
+        action="append",
+        default=[],
+        help="real image bank (.npz from 'tem bank' or 'tem pseudo') to mix in; repeatable",
+    )
+    train.add_argument("--init", type=Path, help="checkpoint whose weights the network starts from")
     train.set_defaults(func=_train)
+
+    bank = verbs.add_parser(
+        "bank", help="store the training part of labelled real sets for fine-tuning"
+    )
+    _split_arguments(bank)
+    bank.add_argument("--out", type=Path, required=True, help="bank file (.npz)")
+    bank.add_argument("--summary", type=Path, help="JSON record of the images and split")
+    bank.set_defaults(func=_bank)
+
+    pseudo = verbs.add_parser(
+        "pseudo", help="pseudo-label unlabelled micrographs with a teacher model (self-training)"
+    )
+    pseudo.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    pseudo.add_argument("--model", type=Path, required=True, help="teacher checkpoint")
+    pseudo.add_argument("--out", type=Path, required=True, help="bank file (.npz)")
+    pseudo.add_argument(
+        "--settings",
+        type=json_object,
+        default={},
+        help="JSON object of PseudoSettings fields (nanoxtal.tem.bank)",
+    )
+    pseudo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    pseudo.set_defaults(func=_pseudo)
+
+    evaluate = verbs.add_parser(
+        "evaluate",
+        help="score the model and the classical baseline on the held-out part of labelled sets",
+    )
+    _split_arguments(evaluate)
+    evaluate.add_argument("--model", type=Path, help="segmenter checkpoint (else baseline only)")
+    evaluate.add_argument("--out", type=Path, required=True, help="metrics JSON")
+    evaluate.add_argument("--per-image", type=Path, help="per-image CSV")
+    evaluate.add_argument("--figure", type=Path, help="PNG of the headline metrics")
+    evaluate.add_argument(
+        "--segment",
+        type=json_object,
+        default={},
+        help="JSON object of SegmentSettings fields (nanoxtal.tem.segment)",
+    )
+    evaluate.add_argument(
+        "--polarity",
+        type=lambda text: tuple(text.split("=", 1)),
+        action="append",
+        default=[],
+        metavar="NAME=POLARITY",
+        help="particle polarity of one set: dark, bright or auto (e.g. stem_boxes=auto)",
+    )
+    evaluate.set_defaults(func=_evaluate)

@@ -44,14 +44,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from nanoxtal.tem.io import LabelledImage
+from nanoxtal.tem.io import LabelledImage, fixed_split, read_labelled_set
 
 THRESHOLDS = (0.5, 0.75, 0.9)
 
@@ -422,3 +423,104 @@ def _columns(rows: list[dict[str, object]]) -> list[str]:
     for row in rows:
         columns.update(dict.fromkeys(row))
     return list(columns)
+
+
+# Set-level numbers that go into the flat metrics (``evaluate_test_parts``).
+HEADLINE = (
+    "evaluated",
+    "n_true",
+    "n_pred",
+    "ap50",
+    "ap75",
+    "ap90",
+    "ap50_pooled",
+    "semantic_miou",
+    "foreground_iou",
+    "matched_iou",
+    "count_error",
+    "count_error_median",
+    "diameter_error",
+    "images_per_s",
+)
+
+
+def evaluate_test_parts(
+    folders: Mapping[str, Path | str],
+    predictors: Mapping[str, Callable[[np.ndarray], np.ndarray]],
+    seed: int,
+    test_share: float,
+) -> tuple[dict[str, object], pd.DataFrame]:
+    """Score every method on the test part of every labelled set.
+
+    The test part is ``fixed_split(names, seed, test_share)["test"]``: the images the
+    training banks (``nanoxtal.tem.bank.labelled_bank``) leave out with the same seed and
+    share.
+
+    Args:
+        folders: Folder of each labelled set, by set name (``LABELLED_SETS``).
+        predictors: Segmentation methods by name (e.g. ``model``, ``baseline``), each a map
+            from a grey image to instance labels.
+        seed: Split seed.
+        test_share: Share of each set held out for evaluation.
+
+    Returns:
+        Flat metrics ``"<set>/<method>/<metric>"`` (the ``HEADLINE`` numbers on the test
+        part), with ``split_seed``, ``test_share`` and ``"<set>/test_images"`` (names); and
+        the per-image table (``set``, ``method`` and ``evaluate_set``'s columns).
+    """
+    metrics: dict[str, object] = {"split_seed": seed, "test_share": test_share}
+    tables = []
+    for name, folder in folders.items():
+        items = read_labelled_set(Path(folder).parent, name, folder)
+        test = set(fixed_split([item.name for item in items], seed, test_share)["test"])
+        held_out = [item for item in items if item.name in test]
+        metrics[f"{name}/test_images"] = sorted(test)
+        for method, predictor in predictors.items():
+            table, summary = evaluate_set(held_out, predictor)
+            tables.append(table.assign(set=name, method=method))
+            for key in HEADLINE:
+                if key in summary:
+                    metrics[f"{name}/{method}/{key}"] = summary[key]
+            if summary["failed"]:
+                metrics[f"{name}/{method}/failed"] = summary["failed"]
+    per_image = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return metrics, per_image
+
+
+def evaluation_figure(metrics: Mapping[str, object], path: Path | str) -> Path:
+    """Bar charts of AP50, AP75, semantic mIoU and count error, per set and method.
+
+    Args:
+        metrics: Flat metrics of ``evaluate_test_parts``.
+        path: PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [key.split("/") for key in metrics if key.count("/") == 2]
+    sets = list(dict.fromkeys(name for name, _, _ in keys))
+    methods = list(dict.fromkeys(method for _, method, _ in keys))
+    panels = ("ap50", "ap75", "semantic_miou", "count_error")
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
+    width = 0.8 / max(1, len(methods))
+    for axis, metric in zip(axes, panels, strict=True):
+        for index, method in enumerate(methods):
+            values = [metrics.get(f"{name}/{method}/{metric}") for name in sets]
+            heights = [float(v) if isinstance(v, int | float) else np.nan for v in values]
+            positions = np.arange(len(sets)) + (index - (len(methods) - 1) / 2) * width
+            axis.bar(positions, heights, width, label=method)
+        axis.set_xticks(np.arange(len(sets)), sets, rotation=30, ha="right", fontsize=8)
+        axis.set_title(metric.replace("_", " "))
+    axes[0].legend(fontsize=8)
+    figure.suptitle("Held-out test images of each labelled set", fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, format="png")
+    plt.close(figure)
+    return path

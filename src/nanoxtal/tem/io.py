@@ -145,6 +145,32 @@ def _scale(array: np.ndarray, path: Path) -> np.ndarray:
     )
 
 
+def image_files(paths: Iterable[Path | str]) -> list[Path]:
+    """Micrograph files named by ``paths``, in the order given.
+
+    Files are taken as given; folders are searched (not recursively) for the suffixes of
+    ``IMAGE_SUFFIXES``, in sorted order, leaving out label files (``*_instances.png``).
+
+    Raises:
+        FileNotFoundError: A path that does not exist (named).
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(
+                child
+                for child in path.iterdir()
+                if child.suffix.lower() in IMAGE_SUFFIXES
+                and child.is_file()
+                and not child.stem.endswith("_instances")
+            )
+        elif path.exists():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return found
+
+
 def read_image(path: Path | str) -> np.ndarray:
     """Read a micrograph (PNG, TIFF or JPEG) as a float32 grey image in [0, 1].
 
@@ -301,7 +327,9 @@ def _instance_set(
     ]
 
 
-def read_labelled_set(root: Path | str, name: str) -> list[LabelledImage]:
+def read_labelled_set(
+    root: Path | str, name: str, folder: Path | str | None = None
+) -> list[LabelledImage]:
     """Read one labelled TEM set, in sorted file order.
 
     A file that cannot be read does not stop the set: its image comes back with ``image=None``
@@ -309,7 +337,10 @@ def read_labelled_set(root: Path | str, name: str) -> list[LabelledImage]:
 
     Args:
         root: The TEM data root (the folder holding the sets, e.g. ``data/tem``).
-        name: ``sophon_example``, ``msa_em``, ``au_monolayer`` or ``stem_boxes``.
+        name: ``sophon_example``, ``msa_em``, ``au_monolayer`` or ``stem_boxes``: decides the
+            layout.
+        folder: The set's folder when it is not ``root/name`` (e.g. the workflow's imported
+            copy ``resources/tem_msa_em``).
 
     Returns:
         The set's labelled images.
@@ -318,7 +349,7 @@ def read_labelled_set(root: Path | str, name: str) -> list[LabelledImage]:
         ValueError: An unknown set name.
         FileNotFoundError: The set's folder (or its images folder) is missing.
     """
-    folder = Path(root) / name
+    folder = Path(folder) if folder is not None else Path(root) / name
     if name == "sophon_example":
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such folder")

@@ -20,28 +20,42 @@ FOREGROUND_THRESHOLD = 0.5
 def segmentation_losses(
     maps: torch.Tensor, batch: dict[str, torch.Tensor], boundary_pos_weight: float
 ) -> dict[str, torch.Tensor]:
-    """The three unweighted losses of a batch.
+    """The three unweighted losses of a batch, over the trusted pixels only.
 
     Args:
         maps: Network output (B, 3, H, W): foreground logit, distance logit, boundary logit.
-        batch: Targets (B, H, W) by name: ``foreground``, ``distance``, ``boundary``.
+        batch: Targets (B, H, W) by name: ``foreground``, ``distance``, ``boundary``, and
+            optionally ``valid`` (1 where the labels are trusted, 0 where they are unknown,
+            e.g. unconfident pseudo-labels); without it every pixel counts.
         boundary_pos_weight: Weight of boundary pixels in their BCE: they are a few percent of
             the image, and a missed cut merges two particles.
 
     Returns:
         ``foreground``: BCE with logits; ``distance``: mean absolute error of
         ``sigmoid(distance logit)`` over the true foreground (the distance is undefined on the
-        film, where the foreground map already decides); ``boundary``: weighted BCE.
+        film, where the foreground map already decides); ``boundary``: weighted BCE. Each is
+        a mean over trusted pixels.
     """
     foreground = batch["foreground"]
-    inside = foreground.sum().clamp_min(1.0)
-    distance_error = (torch.sigmoid(maps[:, 1]) - batch["distance"]).abs() * foreground
+    valid = batch.get("valid")
+    if valid is None:
+        valid = torch.ones_like(foreground)
+    trusted = valid.sum().clamp_min(1.0)
+    inside = (foreground * valid).sum().clamp_min(1.0)
+    distance_error = (torch.sigmoid(maps[:, 1]) - batch["distance"]).abs() * foreground * valid
+    foreground_bce = nn.functional.binary_cross_entropy_with_logits(
+        maps[:, 0], foreground, reduction="none"
+    )
+    boundary_bce = nn.functional.binary_cross_entropy_with_logits(
+        maps[:, 2],
+        batch["boundary"],
+        pos_weight=maps.new_tensor(boundary_pos_weight),
+        reduction="none",
+    )
     return {
-        "foreground": nn.functional.binary_cross_entropy_with_logits(maps[:, 0], foreground),
+        "foreground": (foreground_bce * valid).sum() / trusted,
         "distance": distance_error.sum() / inside,
-        "boundary": nn.functional.binary_cross_entropy_with_logits(
-            maps[:, 2], batch["boundary"], pos_weight=maps.new_tensor(boundary_pos_weight)
-        ),
+        "boundary": (boundary_bce * valid).sum() / trusted,
     }
 
 

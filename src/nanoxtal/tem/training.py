@@ -1,14 +1,31 @@
-"""Train the TEM segmenter on synthetic micrographs simulated on the fly (pre-training)."""
+"""Train the TEM segmenter: synthetic pre-training, then self-training and fine-tuning.
+
+One routine serves the three stages of the TEM training plan (ARCHITECTURE §2):
+
+1. pre-training on micrographs simulated on the fly (no bank, random initial weights);
+2. self-training: the pre-trained model (teacher) labels unlabelled real micrographs
+   (``nanoxtal.tem.bank.pseudo_bank``), and a student starts from the teacher's weights and
+   trains on synthetic items mixed with the confident pseudo-labels;
+3. fine-tuning on the training part of the labelled real sets (a labelled bank), which can be
+   given together with the pseudo-labelled bank in one run.
+
+Validation stays on fixed synthetic images: the real labelled images are either training
+images or evaluation images, and the evaluation images are never looked at while training.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nanoxtal.arguments import settings_from
-from nanoxtal.tem.datamodule import SyntheticTemDataModule
+from nanoxtal.data.registry import sha256_file
+from nanoxtal.tem.bank import load_bank, merge_banks
+from nanoxtal.tem.datamodule import TemDataModule
 from nanoxtal.tem.module import Segmenter
 from nanoxtal.tem.nets import build_net
 from nanoxtal.train import TrainerSettings, fit, run_key, seed_run
@@ -35,6 +52,9 @@ class TrainSettings:
         num_workers: DataLoader workers (simulation runs in them).
         micrograph: ``MicrographSettings`` overrides.
         ranges: Micrograph settings drawn uniformly within [low, high] per image.
+        bank_share: Expected share of training items cut from the real image banks (when
+            banks are given).
+        scale_range: Resampling factors of real crops, [low, high].
     """
 
     arch: str = "unet"
@@ -53,6 +73,8 @@ class TrainSettings:
     num_workers: int = 0
     micrograph: dict[str, Any] = field(default_factory=dict)
     ranges: dict[str, list[float]] = field(default_factory=dict)
+    bank_share: float = 0.5
+    scale_range: list[float] = field(default_factory=lambda: [0.7, 1.4])
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> TrainSettings:
@@ -64,20 +86,44 @@ class TrainSettings:
         return settings_from(cls, values, "TEM training")
 
 
-def train_segmenter(out_dir: Path | str, settings: TrainSettings, trainer: TrainerSettings) -> Path:
-    """Train a segmenter on synthetic micrographs; validate on fixed synthetic ones.
+def load_initial_weights(net: torch.nn.Module, checkpoint: Path | str) -> None:
+    """Copy a segmenter checkpoint's network weights into ``net`` (same architecture).
+
+    Raises:
+        ValueError: The checkpoint's network does not fit ``net`` (names the file).
+    """
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {key.removeprefix("net."): value for key, value in state.items()}
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ValueError(f"{checkpoint}: weights do not fit the network: {error}") from error
+
+
+def train_segmenter(
+    out_dir: Path | str,
+    settings: TrainSettings,
+    trainer: TrainerSettings,
+    banks: Sequence[Path | str] = (),
+    init_from: Path | str | None = None,
+) -> Path:
+    """Train a segmenter on synthetic micrographs, optionally mixed with real image banks.
 
     Args:
-        out_dir: Stage folder, e.g. ``results/tem/synthetic``: logs, checkpoints, and the
+        out_dir: Stage folder, e.g. ``results/tem/pretrain``: logs, checkpoints, and the
             published model ``models/best.ckpt``.
         settings: What the run does.
         trainer: Trainer settings (its seed also fixes the validation images).
+        banks: Real image banks (``nanoxtal.tem.bank.save_bank`` files) to mix in.
+        init_from: A segmenter checkpoint whose weights the network starts from (the teacher
+            of self-training, or the pre-trained model before fine-tuning).
 
     Returns:
         The published best checkpoint, ``<out_dir>/models/best.ckpt``.
     """
     seed_run(trainer)
-    data = SyntheticTemDataModule(
+    bank = merge_banks(load_bank(path) for path in banks) if banks else None
+    data = TemDataModule(
         micrograph=settings.micrograph,
         ranges=settings.ranges,
         crop_px=settings.crop_px,
@@ -87,10 +133,15 @@ def train_segmenter(out_dir: Path | str, settings: TrainSettings, trainer: Train
         batch_size=settings.batch_size,
         seed=trainer.seed,
         num_workers=settings.num_workers,
+        bank=bank,
+        bank_share=settings.bank_share,
+        scale_range=tuple(settings.scale_range),
     )
     net = build_net(settings.arch, **settings.arch_kwargs)
     if settings.crop_px % net.multiple:
         raise ValueError(f"crop_px ({settings.crop_px}) must be a multiple of {net.multiple}")
+    if init_from is not None:
+        load_initial_weights(net, init_from)
     module = Segmenter(
         net,
         {"name": settings.arch, **settings.arch_kwargs},
@@ -101,5 +152,8 @@ def train_segmenter(out_dir: Path | str, settings: TrainSettings, trainer: Train
         boundary_weight=settings.boundary_weight,
         boundary_pos_weight=settings.boundary_pos_weight,
     )
-    key = run_key(asdict(settings), asdict(trainer))
+    inputs = [sha256_file(path) for path in banks]
+    if init_from is not None:
+        inputs.append(sha256_file(init_from))
+    key = run_key(asdict(settings), asdict(trainer), inputs)
     return fit(module, data, out_dir, trainer, key)

@@ -1,0 +1,262 @@
+"""Stored real micrographs with instance labels, for fine-tuning and self-training.
+
+A bank holds real images with their instance labels and a mask of the pixels the labels can be
+trusted on. Two kinds are built:
+
+* **labelled** banks, from the training part of the labelled sets (``fixed_split``; the test
+  part is never read into a bank), where every pixel is trusted;
+* **pseudo-labelled** banks, from unlabelled micrographs segmented by a teacher network
+  (self-training): only confident pixels are trusted (Xie et al., "Self-training with Noisy
+  Student improves ImageNet classification", CVPR 2020; for segmentation, Zou et al., "Pseudo
+  Seg", ICLR 2021). A pixel is trusted when the teacher's foreground probability is far from
+  0.5; a predicted particle is kept only when its mean foreground probability is high, and the
+  pixels of a dropped particle are not trusted at all (they are neither particle nor film).
+
+Banks are ``.npz`` files with arrays ``image_<k>`` (float32, normalised with
+``normalise_image``), ``instances_<k>`` (int32), ``valid_<k>`` (bool) and ``names`` and
+``sources`` (str).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+from nanoxtal.files import atomic_write
+from nanoxtal.tem.instances import watershed_instances
+from nanoxtal.tem.io import fixed_split, read_labelled_set
+from nanoxtal.tem.targets import normalise_image
+
+if TYPE_CHECKING:
+    from nanoxtal.tem.module import Segmenter
+
+# Sets whose truth is instance masks (stem_boxes has boxes only and cannot fill a bank).
+INSTANCE_SETS = ("sophon_example", "msa_em", "au_monolayer")
+
+
+@dataclass(frozen=True, eq=False)
+class ImageBank:
+    """Real micrographs with instance labels and trusted-pixel masks.
+
+    Attributes:
+        names: One name per image (``<set>/<stem>`` or the file stem).
+        sources: Where each image's labels came from: ``"labels"`` or ``"pseudo"``.
+        images: float32 images in [0, 1] (``normalise_image``).
+        instances: int32 instance labels, 0 = film.
+        valid: bool masks of the pixels whose labels are trusted.
+    """
+
+    names: tuple[str, ...]
+    sources: tuple[str, ...]
+    images: tuple[np.ndarray, ...]
+    instances: tuple[np.ndarray, ...]
+    valid: tuple[np.ndarray, ...]
+
+    def __post_init__(self) -> None:
+        counts = {len(part) for part in (self.sources, self.images, self.instances, self.valid)}
+        if counts != {len(self.names)}:
+            raise ValueError("a bank needs one source, image, label and mask per name")
+        for name, image, labels, valid in zip(
+            self.names, self.images, self.instances, self.valid, strict=True
+        ):
+            if not image.shape == labels.shape == valid.shape or image.ndim != 2:
+                raise ValueError(
+                    f"{name}: image {image.shape}, labels {labels.shape} and mask "
+                    f"{valid.shape} must be 2-D and of one shape"
+                )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def pixels(self) -> int:
+        """Total number of pixels."""
+        return int(sum(image.size for image in self.images))
+
+
+def merge_banks(banks: Iterable[ImageBank]) -> ImageBank:
+    """One bank holding the images of all ``banks``, in order."""
+    banks = list(banks)
+    return ImageBank(
+        names=tuple(name for bank in banks for name in bank.names),
+        sources=tuple(source for bank in banks for source in bank.sources),
+        images=tuple(image for bank in banks for image in bank.images),
+        instances=tuple(labels for bank in banks for labels in bank.instances),
+        valid=tuple(mask for bank in banks for mask in bank.valid),
+    )
+
+
+def save_bank(bank: ImageBank, path: Path | str) -> Path:
+    """Write a bank to ``path`` (``.npz``, compressed), atomically."""
+    arrays: dict[str, np.ndarray] = {
+        "names": np.array(bank.names, dtype=str),
+        "sources": np.array(bank.sources, dtype=str),
+    }
+    for index in range(len(bank)):
+        arrays[f"image_{index}"] = bank.images[index].astype(np.float32)
+        arrays[f"instances_{index}"] = bank.instances[index].astype(np.int32)
+        arrays[f"valid_{index}"] = bank.valid[index].astype(bool)
+    path = Path(path)
+    with atomic_write(path) as partial, partial.open("wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    return path
+
+
+def load_bank(path: Path | str) -> ImageBank:
+    """Read a bank written by ``save_bank``.
+
+    Raises:
+        ValueError: The file is not a bank (names the file and what is missing).
+    """
+    with np.load(path, allow_pickle=False) as data:
+        if "names" not in data or "sources" not in data:
+            raise ValueError(f"{path}: not an image bank (no 'names' or 'sources' array)")
+        names = tuple(str(name) for name in data["names"])
+        try:
+            parts = {
+                kind: tuple(data[f"{kind}_{index}"] for index in range(len(names)))
+                for kind in ("image", "instances", "valid")
+            }
+        except KeyError as error:
+            raise ValueError(f"{path}: incomplete image bank, missing {error}") from error
+        return ImageBank(
+            names=names,
+            sources=tuple(str(source) for source in data["sources"]),
+            images=parts["image"],
+            instances=parts["instances"],
+            valid=parts["valid"],
+        )
+
+
+def labelled_bank(
+    folders: Mapping[str, Path | str], seed: int, test_share: float
+) -> tuple[ImageBank, dict[str, dict[str, list[str]]]]:
+    """The training part of labelled sets as a bank; the test part is left out.
+
+    Args:
+        folders: Folder of each labelled set with instance truth (``INSTANCE_SETS``), by set
+            name, e.g. ``{"msa_em": "data/tem/msa_em"}``.
+        seed: Split seed (``fixed_split``).
+        test_share: Share of each set held out for evaluation.
+
+    Returns:
+        The bank and, per set, the split it was cut from (record it with the model).
+
+    Raises:
+        ValueError: A set without instance truth, or an unreadable training image (the bank
+            must not silently miss images the split promised).
+    """
+    names, images, instances, splits = [], [], [], {}
+    for name, folder in folders.items():
+        if name not in INSTANCE_SETS:
+            raise ValueError(f"{name!r} has no instance truth; sets with: {INSTANCE_SETS}")
+        items = read_labelled_set(Path(folder).parent, name, folder)
+        split = fixed_split([item.name for item in items], seed, test_share)
+        splits[name] = split
+        train = set(split["train"])
+        for item in items:
+            if item.name not in train:
+                continue
+            if item.error is not None or item.image is None or item.instances is None:
+                raise ValueError(f"{name}/{item.name}: {item.error or 'no labels'}")
+            names.append(f"{name}/{item.name}")
+            images.append(normalise_image(item.image))
+            instances.append(item.instances.astype(np.int32))
+    bank = ImageBank(
+        names=tuple(names),
+        sources=("labels",) * len(names),
+        images=tuple(images),
+        instances=tuple(instances),
+        valid=tuple(np.ones(image.shape, dtype=bool) for image in images),
+    )
+    return bank, splits
+
+
+@dataclass(frozen=True)
+class PseudoSettings:
+    """What a teacher's prediction must reach to become a training label.
+
+    Attributes:
+        confident_margin: A pixel is trusted when its foreground probability is below
+            ``margin`` or above ``1 − margin``.
+        min_particle_confidence: Least mean foreground probability of a kept particle.
+        augment: Average the teacher's maps over the 8 flips and rotations of the image
+            (test-time augmentation): steadier labels at 8× the cost.
+    """
+
+    confident_margin: float = 0.2
+    min_particle_confidence: float = 0.8
+    augment: bool = True
+
+
+def augmented_maps(model: Segmenter, image: np.ndarray, augment: bool) -> dict[str, np.ndarray]:
+    """The model's maps of ``image``, averaged over the square's 8 symmetries when asked."""
+    if not augment:
+        return model.predict_maps(image)
+    total: dict[str, np.ndarray] = {}
+    for turns in range(4):
+        for flip in (False, True):
+            view = np.rot90(image[:, ::-1] if flip else image, turns)
+            for name, values in model.predict_maps(np.ascontiguousarray(view)).items():
+                back = np.rot90(values, -turns)
+                back = back[:, ::-1] if flip else back
+                total[name] = total.get(name, 0.0) + back / 8.0
+    return total
+
+
+def pseudo_label(
+    model: Segmenter, image: np.ndarray, settings: PseudoSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Instance labels and trusted-pixel mask of one unlabelled micrograph.
+
+    Args:
+        model: The teacher.
+        image: Grey micrograph, dark particles on a bright film.
+        settings: Confidence filters.
+
+    Returns:
+        int32 instances (0 = film) and the bool mask of trusted pixels.
+    """
+    maps = augmented_maps(model, image, settings.augment)
+    foreground = maps["foreground"]
+    instances = watershed_instances(
+        foreground, maps["distance"], kind="distance", boundary=maps["boundary"]
+    )
+    margin = settings.confident_margin
+    valid = (foreground < margin) | (foreground > 1.0 - margin)
+    ids = np.arange(1, instances.max() + 1)
+    if len(ids):
+        confidence = ndimage.mean(foreground, labels=instances, index=ids)
+        dropped = ids[np.asarray(confidence) < settings.min_particle_confidence]
+        doubtful = np.isin(instances, dropped)
+        instances = np.where(doubtful, 0, instances)
+        valid &= ~doubtful
+        # Kept particles are trusted whole: their rims are where the probability crosses 0.5.
+        valid |= instances > 0
+    return instances.astype(np.int32), valid
+
+
+def pseudo_bank(
+    model: Segmenter,
+    images: Sequence[np.ndarray],
+    names: Sequence[str],
+    settings: PseudoSettings,
+) -> ImageBank:
+    """A pseudo-labelled bank of unlabelled micrographs (self-training)."""
+    labels, masks = [], []
+    for image in images:
+        instances, valid = pseudo_label(model, image, settings)
+        labels.append(instances)
+        masks.append(valid)
+    return ImageBank(
+        names=tuple(names),
+        sources=("pseudo",) * len(names),
+        images=tuple(normalise_image(image) for image in images),
+        instances=tuple(labels),
+        valid=tuple(masks),
+    )

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from nanoxtal.cli import main
+from nanoxtal.tem.evaluate import evaluate_test_parts
+from nanoxtal.tem.segment import SegmentSettings, segment_image
+
+CENTRES = [(20, 20), (20, 60), (60, 40)]
+
+
+class ThresholdModel:
+    """A 'network' whose maps come from the image: dark pixels are particle."""
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def predict_maps(self, image: np.ndarray, tile: int = 1024) -> dict[str, np.ndarray]:
+        self.seen.append(image)
+        scaled = (image - image.min()) / (image.max() - image.min())
+        foreground = (scaled < 0.5).astype(np.float32)
+        distance = ndimage.distance_transform_edt(foreground)
+        return {
+            "foreground": foreground,
+            "distance": (distance / max(distance.max(), 1)).astype(np.float32),
+            "boundary": np.zeros(image.shape, np.float32),
+        }
+
+
+def test_baseline_and_model_find_the_particles_of_either_polarity(draw_discs):
+    labels = draw_discs((80, 80), CENTRES, 8)
+    dark = np.where(labels > 0, 0.2, 0.8).astype(np.float32)
+    assert segment_image(dark).max() == 3
+    bright = 1.0 - dark
+    assert segment_image(bright, settings=SegmentSettings(polarity="bright")).max() == 3
+    assert segment_image(bright, settings=SegmentSettings(polarity="auto")).max() == 3
+    model = ThresholdModel()
+    assert segment_image(dark, model).max() == 3
+    found = segment_image(bright, model, SegmentSettings(polarity="bright"))
+    assert found.max() == 3 and (found > 0).sum() == (labels > 0).sum()
+    # Bright particles reach the network inverted: dark particles, as it was trained on.
+    assert model.seen[-1][20, 20] < model.seen[-1][0, 0]
+
+
+def test_segment_settings_refuse_nonsense():
+    with pytest.raises(ValueError, match="polarity"):
+        SegmentSettings(polarity="grey")
+    with pytest.raises(ValueError, match="foreground_threshold"):
+        SegmentSettings(foreground_threshold=1.5)
+    with pytest.raises(ValueError, match="unknown TEM segmentation setting 'colour'"):
+        SegmentSettings.from_mapping({"colour": 1})
+
+
+def test_evaluation_scores_only_the_held_out_images(msa_like):
+    seen = []
+
+    def perfect(image: np.ndarray) -> np.ndarray:
+        seen.append(image.shape)
+        return segment_image(image)
+
+    metrics, table = evaluate_test_parts({"msa_em": msa_like}, {"baseline": perfect}, 42, 0.5)
+    test = metrics["msa_em/test_images"]
+    assert len(test) == 3 and len(seen) == 3 and sorted(table["name"]) == test
+    assert metrics["msa_em/baseline/ap50"] == 1.0 and metrics["msa_em/baseline/n_true"] == 6
+    assert metrics["split_seed"] == 42 and metrics["test_share"] == 0.5
+
+
+def test_cli_evaluate_writes_metrics_table_and_figure(tmp_path, msa_like, capsys):
+    out = tmp_path / "metrics.json"
+    args = ["tem", "evaluate", "--set", f"msa_em={msa_like}", "--out", str(out)]
+    extra = ["--per-image", str(tmp_path / "per_image.csv"), "--figure", str(tmp_path / "f.png")]
+    assert main([*args, *extra]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["model"] is None and metrics["msa_em/baseline/ap50"] == 1.0
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert "msa_em/baseline/ap50: 1.000" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["tem", "evaluate", "--set", "nowhere=x", "--out", str(out)])
+    assert "expected NAME=FOLDER" in capsys.readouterr().err
