@@ -20,6 +20,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/tem.smk"
 include: "workflow/rules/xrd.smk"
 include: "workflow/rules/recipes.smk"
 

@@ -228,6 +228,23 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     assert (workdir / "results" / "xrd" / "models" / "best.ckpt").is_file()
     predictions = pd.read_csv(workdir / "results" / "xrd" / "predictions" / "measured.csv")
     assert len(predictions) == 8  # the autoanalyzer .xy files of the test config
+    tem = json.loads((workdir / "results" / "tem" / "metrics.json").read_text())
+    assert tem["sophon_example/test_images"] == ["1-0001_16"] and tem["split_seed"] == 42
+    for method in ("model", "baseline"):
+        for key in ("ap50", "semantic_miou", "count_error"):
+            assert 0.0 <= tem[f"msa_em/{method}/{key}"] <= 10.0, (method, key)
+    # The labelled bank holds the training half of msa_em only, never a test image.
+    bank = json.loads((workdir / "results" / "tem" / "banks" / "labelled.json").read_text())
+    test_names = {f"msa_em/{name}" for name in tem["msa_em/test_images"]}
+    assert len(bank["images"]) == 10 and not test_names & set(bank["images"])
+    assert (workdir / "results" / "tem" / "banks" / "pseudo.npz").is_file()
+    assert (workdir / "results" / "tem" / "models" / "best.ckpt").is_file()
+    measured = pd.read_csv(
+        workdir / "results" / "tem" / "measure" / "sophon_example" / "summary.csv"
+    )
+    # One row, measured without error; the 1-epoch test model may well find no particle.
+    assert len(measured) == 1 and measured["error"].isna().all()
+    assert measured["pixel_size_source"].iloc[0] in {"scale_bar", "none"}
     # The report collects every stage's metrics and figures, as the README shows.
     report = workdir / "results" / "report.zip"
     done = run_in(workdir, test_config, "--report", str(report))
@@ -235,5 +252,6 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     with zipfile.ZipFile(report) as archive:
         names = {Path(name).name for name in archive.namelist()}
     assert {"report.html", "measured.csv", "importance.png", "importance_shape.png"} <= names
+    assert {"evaluation.png", "summary.csv"} <= names
     assert any(name.startswith("parity_random_forest") for name in names)
     assert any(name.startswith("reliability_xrdnet") for name in names)

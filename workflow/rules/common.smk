@@ -97,6 +97,40 @@ def recipe_data_settings(extra=()):
     return {key: block[key] for key in ("max_size_nm", "folds", "vocabulary", *extra)}
 
 
+# Labelled TEM sets (the layout nanoxtal.tem.io reads) and the datasets that hold them.
+TEM_SETS = {
+    "sophon_example": "tem_sophon",
+    "msa_em": "tem_msa_em",
+    "au_monolayer": "tem_au_monolayer",
+    "stem_boxes": "tem_stem_boxes",
+}
+TEM_EVALUATED = [name for name, dataset in TEM_SETS.items() if dataset in DATASET_NAMES]
+TEM_BANK_SETS = [name for name in config["tem"]["bank"]["sets"] if name in TEM_EVALUATED]
+TEM_UNLABELED = [name for name in ["tem_unlabeled"] if name in DATASET_NAMES]
+# Micrographs `nanoxtal tem measure` runs on, by output name.
+TEM_MEASURED = {
+    name: dataset
+    for name, dataset in {"sophon_example": "tem_sophon", "unlabeled": "tem_unlabeled"}.items()
+    if dataset in DATASET_NAMES and name in config["tem"]["measure"]["sets"]
+}
+
+
+def tem_set_options(names, folders):
+    """`--set NAME=FOLDER` options of `nanoxtal tem bank|evaluate` for the given sets."""
+    return " ".join(f"--set '{name}={folder}'" for name, folder in zip(names, folders))
+
+
+def tem_split_options():
+    """The fixed train/test split of the labelled TEM sets, the same for bank and evaluate."""
+    return f"--split-seed {config['seed']} --test-share {config['tem']['test_share']}"
+
+
+def tem_train_settings(role):
+    """JSON of nanoxtal.tem.training.TrainSettings: `tem.train` with the role's overrides."""
+    overrides = {k: v for k, v in config["tem"][role].items() if k != "epochs"}
+    return json.dumps({**config["tem"]["train"], **overrides})
+
+
 def all_targets():
     """Final outputs of the default run (grows as stages land)."""
     targets = [dataset_dir(name) for name in DATASET_NAMES]
@@ -106,6 +140,9 @@ def all_targets():
             targets += ["results/xrd/metrics.json", "results/xrd/models/best.ckpt"]
             if any(name in DATASET_NAMES for name in XRD_MEASURED):
                 targets.append("results/xrd/predictions/measured.csv")
+    if TEM_BANK_SETS:
+        targets += ["results/tem/metrics.json", "results/tem/models/best.ckpt"]
+        targets += [f"results/tem/measure/{name}/summary.csv" for name in TEM_MEASURED]
     if "recipes" in DATASET_NAMES:
         targets += [
             "results/recipes/chemicals.json",

@@ -103,8 +103,10 @@ def _pseudo(args: argparse.Namespace) -> int:
 
     settings = settings_from(PseudoSettings, args.settings, "pseudo-label")
     model = load_segmenter(args.model)
-    files = image_files(args.images)
-    images, names, failed = [], [], []
+    files, failed = image_files(args.images)
+    for message in failed:
+        print(f"skipped: {message}", file=sys.stderr)
+    images, names = [], []
     for path in files:
         try:
             images.append(read_image(path))
@@ -206,6 +208,127 @@ def _json_number(value: object) -> object:
     return number if math.isfinite(number) else None
 
 
+# Columns of summary.csv, in order.
+SUMMARY_COLUMNS = (
+    "image",
+    "count",
+    "count_measured",
+    "mean_diameter",
+    "std_diameter",
+    "size_distribution_pct",
+    "dominant_shape",
+    "diameter_unit",
+    "nm_per_px",
+    "pixel_size_source",
+    "pixel_size_detail",
+    "segmenter",
+    "error",
+)
+
+
+def _output_names(files: list[Path]) -> list[str]:
+    """A distinct output name per image: its stem, numbered when stems repeat."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in files:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        names.append(path.stem if count == 0 else f"{path.stem}-{count + 1}")
+    return names
+
+
+def _measure(args: argparse.Namespace) -> int:
+    import sys
+
+    import numpy as np
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from nanoxtal.tem.calibration import (
+        GATAN_SUFFIXES,
+        CalibrationError,
+        drop_scale_bar,
+        read_micrograph,
+        resolve_pixel_size,
+    )
+    from nanoxtal.tem.io import IMAGE_SUFFIXES, TemImageError, image_files
+    from nanoxtal.tem.measure import (
+        measure_particles,
+        overlay,
+        size_histogram,
+        summarise_image,
+        write_png,
+    )
+    from nanoxtal.tem.segment import SegmentSettings, segment_image
+
+    if args.nm_per_px is not None and not args.nm_per_px > 0:
+        raise ValueError(f"--nm-per-px must be > 0, got {args.nm_per_px}")
+    model, segmenter = None, "classical baseline (threshold + distance watershed)"
+    if args.model is not None:
+        if not args.model.is_file():
+            raise ValueError(f"model {args.model} not found")
+        from nanoxtal.tem.module import load_segmenter
+
+        model, segmenter = load_segmenter(args.model), f"network {args.model}"
+    print(f"segmenter: {segmenter}")
+    settings = SegmentSettings(polarity=args.polarity)
+    files, problems = image_files(args.images, IMAGE_SUFFIXES | GATAN_SUFFIXES)
+    for message in problems:
+        print(f"nanoxtal: error: {message}", file=sys.stderr)
+    out: Path = args.out
+    tables, summaries, failed = [], [], len(problems)
+    for path, name in tqdm(
+        list(zip(files, _output_names(files), strict=True)),
+        desc="measure",
+        unit="image",
+        disable=args.no_progress,
+    ):
+        row: dict[str, object] = {"image": str(path), "segmenter": segmenter}
+        try:
+            image = read_micrograph(path)
+            pixel = resolve_pixel_size(path, image, args.nm_per_px)
+            instances = drop_scale_bar(segment_image(image, model, settings), pixel.scale_bar)
+            if instances.max(initial=0) > np.iinfo(np.uint16).max:
+                raise TemImageError(f"{path}: too many particles for a 16-bit mask")
+            particles = measure_particles(instances, pixel.nm_per_px)
+        except (TemImageError, CalibrationError) as error:
+            failed += 1
+            print(f"nanoxtal: error: {error}", file=sys.stderr)
+            summaries.append(row | {"error": str(error)})
+            continue
+        write_png(out / "masks" / f"{name}.png", instances.astype(np.uint16))
+        write_png(out / "overlays" / f"{name}.png", overlay(image, instances, particles))
+        size_histogram(particles, out / "histograms" / f"{name}.png", path.name)
+        tables.append(particles.assign(image=str(path))[["image", *particles.columns]])
+        summaries.append(
+            row
+            | summarise_image(particles)
+            | {
+                "nm_per_px": pixel.nm_per_px,
+                "pixel_size_source": pixel.source,
+                "pixel_size_detail": pixel.detail,
+                "error": None,
+            }
+        )
+    particles_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    if tables:
+        # Images without a pixel size have no nm columns; keep them all, NaN where unknown.
+        particles_table = particles_table[
+            ["image", *[c for c in particles_table.columns if c != "image"]]
+        ]
+    summary = pd.DataFrame(summaries, columns=list(SUMMARY_COLUMNS))
+    summary = summary.astype({"count": "Int64", "count_measured": "Int64"})
+    with atomic_write(out / "particles.csv") as partial:
+        particles_table.to_csv(partial, index=False)
+    with atomic_write(out / "summary.csv") as partial:
+        summary.to_csv(partial, index=False)
+    measured = len(files) - (failed - len(problems))
+    print(
+        f"{measured} images measured ({len(particles_table)} particles) into {out}; {failed} failed"
+    )
+    return 1 if failed else EXIT_OK
+
+
 def add_commands(stages: argparse._SubParsersAction) -> None:
     """Register ``nanoxtal tem`` and its verbs."""
     tem = stages.add_parser("tem", help="transmission electron micrographs: synthetic images")
@@ -303,3 +426,32 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         help="particle polarity of one set: dark, bright or auto (e.g. stem_boxes=auto)",
     )
     evaluate.set_defaults(func=_evaluate)
+
+    measure = verbs.add_parser(
+        "measure", help="segment micrographs and measure their particles (sizes, shapes)"
+    )
+    measure.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="image files or folders: .png/.tif/.tiff/.jpg/.jpeg, .dm3/.dm4 (RosettaSciIO)",
+    )
+    measure.add_argument("--out", type=Path, required=True, help="output folder")
+    measure.add_argument(
+        "--model", type=Path, help="segmenter checkpoint; default: the classical baseline"
+    )
+    measure.add_argument(
+        "--nm-per-px",
+        type=float,
+        metavar="X",
+        help="pixel size (nm/px) for all images; default: metadata, sidecar or scale bar",
+    )
+    measure.add_argument(
+        "--polarity",
+        choices=("dark", "bright", "auto"),
+        default="dark",
+        help="dark particles (bright-field TEM), bright (HAADF STEM) or guessed per image",
+    )
+    measure.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    measure.set_defaults(func=_measure)

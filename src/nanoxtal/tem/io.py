@@ -145,30 +145,36 @@ def _scale(array: np.ndarray, path: Path) -> np.ndarray:
     )
 
 
-def image_files(paths: Iterable[Path | str]) -> list[Path]:
-    """Micrograph files named by ``paths``, in the order given.
+def image_files(
+    paths: Iterable[Path | str], suffixes: Iterable[str] = IMAGE_SUFFIXES
+) -> tuple[list[Path], list[str]]:
+    """Micrograph files named by ``paths``, in the order given, and problems with the names.
 
-    Files are taken as given; folders are searched (not recursively) for the suffixes of
-    ``IMAGE_SUFFIXES``, in sorted order, leaving out label files (``*_instances.png``).
+    Files are taken as given (a missing or unreadable one fails later, when it is read, so
+    the rest of a batch goes on); folders are searched (not recursively) for ``suffixes``, in
+    sorted order, leaving out the simulator's label images (``*_instances.png``).
 
-    Raises:
-        FileNotFoundError: A path that does not exist (named).
+    Returns:
+        The files, and one message per folder without images.
     """
-    found: list[Path] = []
+    suffixes = frozenset(suffixes)
+    files: list[Path] = []
+    problems: list[str] = []
     for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(
-                child
-                for child in path.iterdir()
-                if child.suffix.lower() in IMAGE_SUFFIXES
-                and child.is_file()
-                and not child.stem.endswith("_instances")
-            )
-        elif path.exists():
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    return found
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(
+            child
+            for child in path.iterdir()
+            if child.is_file()
+            and child.suffix.lower() in suffixes
+            and not child.stem.endswith("_instances")
+        )
+        if not found:
+            problems.append(f"{path}: no images ({', '.join(sorted(suffixes))}) in folder")
+        files += found
+    return files, problems
 
 
 def read_image(path: Path | str) -> np.ndarray:

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from skimage import io
+
+from nanoxtal.cli import main
+from nanoxtal.tem.simulate import MicrographSettings, simulate_micrograph, write_micrograph
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A PNG with its sidecar, a 16-bit TIFF, a JPEG (no pixel size) and a corrupt PNG."""
+    folder = tmp_path_factory.mktemp("images")
+    settings = MicrographSettings(width_px=256, height_px=256, nm_per_px=1.0, diameter_nm=14)
+    png = write_micrograph(simulate_micrograph(settings, 1), folder, "sim_png")["image"]
+    tif = write_micrograph(
+        simulate_micrograph(MicrographSettings(**{**vars(settings), "bits": 16}), 2),
+        folder,
+        "sim_tif",
+    )["image"]
+    jpeg = folder / "plain.jpg"
+    micrograph = simulate_micrograph(
+        MicrographSettings(**{**vars(settings), "scale_bar": False}), 3
+    )
+    io.imsave(jpeg, micrograph.image, check_contrast=False)
+    bad = folder / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    return {"png": png, "tif": tif, "jpeg": jpeg, "bad": bad, "folder": folder}
+
+
+def test_measure_batch_with_a_corrupt_file(images, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main(["tem", "measure", str(images["folder"]), "--out", str(out), "--no-progress"])
+    assert status == 1  # one image failed
+    captured = capsys.readouterr()
+    assert "classical baseline" in captured.out
+    assert "broken.png" in captured.err
+    summary = pd.read_csv(out / "summary.csv")
+    names = [name.rsplit("/", 1)[-1] for name in summary["image"]]
+    # The simulator's *_instances.png label images are not taken for micrographs.
+    assert sorted(names) == ["broken.png", "plain.jpg", "sim_png.png", "sim_tif.tif"]
+    rows = summary.set_index(pd.Series(names))
+    assert "not a readable PNG" in rows.loc["broken.png", "error"]
+    assert rows.loc["sim_png.png", "pixel_size_source"] == "sidecar"
+    assert rows.loc["sim_tif.tif", "pixel_size_source"] == "sidecar"
+    assert rows.loc["plain.jpg", "pixel_size_source"] == "none"
+    assert rows.loc["plain.jpg", "diameter_unit"] == "px"
+    assert rows.loc["sim_png.png", "diameter_unit"] == "nm"
+    # 14 nm particles at 1 nm/px.
+    assert rows.loc["sim_png.png", "mean_diameter"] == pytest.approx(14, rel=0.25)
+    assert rows.loc["sim_png.png", "count_measured"] > 5
+    particles = pd.read_csv(out / "particles.csv")
+    assert set(particles["image"].str.rsplit("/", n=1).str[-1]) == {
+        "plain.jpg",
+        "sim_png.png",
+        "sim_tif.tif",
+    }
+    for stem in ("sim_png", "sim_tif", "plain"):
+        mask = io.imread(out / "masks" / f"{stem}.png")
+        assert mask.dtype == np.uint16 and mask.max() > 0
+        assert io.imread(out / "overlays" / f"{stem}.png").shape == (256, 256, 3)
+        assert (out / "histograms" / f"{stem}.png").is_file()
+    assert not (out / "masks" / "broken.png").exists()
+    # No scale-bar pixels among the particles.
+    micrograph_mask = io.imread(out / "masks" / "sim_png.png")
+    image = io.imread(images["png"])
+    assert not ((image == 0) & (micrograph_mask > 0)).any()
+
+
+def test_measure_user_pixel_size_and_duplicate_names(images, tmp_path):
+    out = tmp_path / "out"
+    copy = tmp_path / "other"
+    copy.mkdir()
+    (copy / "plain.jpg").write_bytes(images["jpeg"].read_bytes())
+    status = main(
+        [
+            "tem",
+            "measure",
+            str(images["jpeg"]),
+            str(copy / "plain.jpg"),
+            "--out",
+            str(out),
+            "--nm-per-px",
+            "0.5",
+            "--no-progress",
+        ]
+    )
+    assert status == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["pixel_size_source"].tolist() == ["user", "user"]
+    assert summary["nm_per_px"].tolist() == [0.5, 0.5]
+    # Same stem twice: both kept.
+    assert (out / "masks" / "plain.png").is_file() and (out / "masks" / "plain-2.png").is_file()
+    particles = pd.read_csv(out / "particles.csv")
+    assert particles["diameter_nm"].to_numpy() == pytest.approx(
+        0.5 * particles["diameter_px"].to_numpy()
+    )
+
+
+def test_measure_missing_model_and_bad_pixel_size(images, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["tem", "measure", str(images["png"]), "--out", str(out), "--no-progress"]
+    assert main([*args, "--model", str(tmp_path / "none.ckpt")]) == 1
+    assert main([*args, "--nm-per-px", "-1"]) == 1
+    assert "nm-per-px" in capsys.readouterr().err
+    assert not out.exists()
