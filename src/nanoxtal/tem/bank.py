@@ -28,8 +28,8 @@ import numpy as np
 from scipy import ndimage
 
 from nanoxtal.files import atomic_write
-from nanoxtal.tem.instances import watershed_instances
 from nanoxtal.tem.io import fixed_split, read_labelled_set
+from nanoxtal.tem.segment import SegmentSettings, instances_from_maps
 from nanoxtal.tem.targets import normalise_image
 
 if TYPE_CHECKING:
@@ -224,9 +224,7 @@ def pseudo_label(
     """
     maps = augmented_maps(model, image, settings.augment)
     foreground = maps["foreground"]
-    instances = watershed_instances(
-        foreground, maps["distance"], kind="distance", boundary=maps["boundary"]
-    )
+    instances = instances_from_maps(maps, SegmentSettings())
     margin = settings.confident_margin
     valid = (foreground < margin) | (foreground > 1.0 - margin)
     ids = np.arange(1, instances.max() + 1)

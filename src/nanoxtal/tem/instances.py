@@ -271,6 +271,7 @@ def watershed_instances(
     boundary: np.ndarray | None = None,
     boundary_threshold: float = 0.5,
     min_area_px: int = 8,
+    smooth_sigma_px: float = 0.0,
 ) -> np.ndarray:
     """Instances from predicted maps by marker-controlled watershed.
 
@@ -306,6 +307,10 @@ def watershed_instances(
             only for ``kind="distance"``.
         boundary_threshold: Boundary probability at or above which a pixel seeds nothing.
         min_area_px: Least instance area kept (px²).
+        smooth_sigma_px: Gaussian smoothing of the distance map before markers are sought
+            (px; ``"distance"`` only). A network's distance map has pixel-scale noise that
+            splits the core of a large particle into several markers; on the training half of
+            msa_em (particles ~60 px across) σ = 2 px raised AP50 from 0.22 to 0.70.
 
     Returns:
         int32 instance labels 1..n, 0 = background.
@@ -329,6 +334,8 @@ def watershed_instances(
         raise ValueError(f"boundary has shape {np.shape(boundary)}, maps {surface_map.shape}")
     foreground = ndimage.binary_fill_holes(foreground_prob > foreground_threshold)
     if kind == "distance":
+        if smooth_sigma_px > 0:
+            surface_map = ndimage.gaussian_filter(surface_map, smooth_sigma_px)
         surface = -surface_map
         seeds = foreground
         if boundary is not None:
