@@ -12,16 +12,20 @@ bright particles (HAADF STEM, dark field) are inverted first when ``polarity`` s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from scipy import ndimage
 
 from nanoxtal.arguments import settings_from
 from nanoxtal.tem.instances import (
     ClassicalSettings,
     classical_instances,
+    drop_small,
+    estimate_radius,
     guess_bright_particles,
     watershed_instances,
 )
@@ -44,6 +48,10 @@ class SegmentSettings:
             above which a foreground pixel seeds an instance.
         boundary_threshold: Boundary probability at or above which a pixel seeds nothing.
         min_area_px: Least instance area kept (px²).
+        min_area_factor: Instances smaller than this fraction of the typical particle area
+            π·r² are dropped too (r: ``estimate_radius`` of the predicted foreground), as in
+            the classical baseline: slivers and specks, not particles. On the training half
+            of msa_em, 0.1 raised AP50 from 0.70 to 0.81.
         distance_smooth_px: Gaussian smoothing of the predicted distance map (px) before
             markers are sought (``watershed_instances``); chosen on the training halves of
             msa_em and au_monolayer, never on test images.
@@ -57,6 +65,7 @@ class SegmentSettings:
     marker_threshold: float = 0.5
     boundary_threshold: float = 0.5
     min_area_px: int = 8
+    min_area_factor: float = 0.1
     distance_smooth_px: float = 2.0
     tile_px: int = 1024
     background_fraction: float = 0.03
@@ -125,7 +134,7 @@ def instances_from_maps(maps: Mapping[str, np.ndarray], settings: SegmentSetting
     Returns:
         int32 instance labels 1..n, 0 = background.
     """
-    return watershed_instances(
+    labels = watershed_instances(
         maps["foreground"],
         maps["distance"],
         kind="distance",
@@ -135,4 +144,11 @@ def instances_from_maps(maps: Mapping[str, np.ndarray], settings: SegmentSetting
         boundary_threshold=settings.boundary_threshold,
         min_area_px=settings.min_area_px,
         smooth_sigma_px=settings.distance_smooth_px,
+    )
+    if settings.min_area_factor <= 0 or not labels.any():
+        return labels
+    foreground = labels > 0
+    radius = estimate_radius(ndimage.distance_transform_edt(foreground), foreground)
+    return drop_small(
+        labels, max(settings.min_area_px, settings.min_area_factor * math.pi * radius**2)
     )
