@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import random
 import shutil
 from collections.abc import Iterable, Mapping
@@ -33,6 +34,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.plugins.environments import (
+    ClusterEnvironment,
+    LightningEnvironment,
+    SLURMEnvironment,
+)
 
 from nanoxtal.arguments import settings_from
 from nanoxtal.files import atomic_write
@@ -47,12 +53,18 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
 class TrainerSettings:
     """How to train: the run settings every stage shares.
 
+    Several devices or nodes are a matter of these settings alone (see ``cluster_environment``
+    for how a SLURM job is handled): ``devices=4, strategy="ddp"`` trains on four GPUs of one
+    node, ``num_nodes=2`` on two nodes when SLURM started one task per device (``srun`` with
+    ``--ntasks-per-node`` equal to ``devices``).
+
     Attributes:
         max_epochs: Number of epochs to train.
         accelerator: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"gpu"`` or ``"cuda"``.
         devices: Devices per node: a count, or ``"auto"``.
         num_nodes: Nodes to train on (multi-node DDP, e.g. under SLURM).
-        strategy: Lightning strategy, e.g. ``"auto"`` or ``"ddp"``.
+        strategy: Lightning strategy, e.g. ``"auto"``, ``"ddp"`` (one process per device; on CPUs
+            with the gloo backend) or ``"ddp_spawn"``.
         precision: Lightning precision string, one of ``PRECISIONS``.
         seed: Global seed for Python, NumPy and torch (and dataloader workers).
         deterministic: ``True`` for deterministic algorithms, ``"warn"`` to only warn.
@@ -181,6 +193,39 @@ def seed_run(settings: TrainerSettings) -> None:
     pl.seed_everything(settings.seed, workers=True, verbose=False)
 
 
+def cluster_environment() -> ClusterEnvironment | None:
+    """How the processes of a run find each other: Lightning's SLURM environment when it applies.
+
+    - Not under SLURM: ``None``, Lightning's own choice (it starts one process per device).
+    - SLURM started several tasks (``srun`` with ``--ntasks-per-node`` = devices, possibly on
+      several nodes): Lightning's ``SLURMEnvironment``, which takes ranks, world size and the
+      master address from SLURM. Its auto-requeue is off: Snakemake decides about reruns, and a
+      rerun resumes from ``last.ckpt`` (``resume_checkpoint``).
+    - SLURM started one task (a Snakemake job, which runs its command as one ``srun`` task):
+      Lightning's plain environment, so Lightning starts the processes of the other devices
+      itself, as outside SLURM, instead of waiting for tasks SLURM will never start.
+    """
+    if os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None  # Lightning's convention: an interactive allocation is not a SLURM launch
+    if "SLURM_NTASKS" not in os.environ:
+        return None
+    if int(os.environ["SLURM_NTASKS"]) > 1:
+        return SLURMEnvironment(auto_requeue=False)
+    return LightningEnvironment()
+
+
+def _is_launching_process() -> bool:
+    """Whether this is the first process of a run (the one that prepares its folders).
+
+    Decided from the launchers' environment variables, before the trainer exists: the other
+    processes of a multi-process run must not move or delete what the first one prepared.
+    """
+    return all(
+        os.environ.get(name, "0") == "0"
+        for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+    )
+
+
 def checkpoint_dir(stage_dir: Path | str, key: str) -> Path:
     """Folder holding the checkpoints of run ``key`` of a stage."""
     return Path(stage_dir) / "checkpoints" / key
@@ -248,9 +293,11 @@ def build_trainer(
 ) -> tuple[pl.Trainer, Path | None]:
     """Build the Lightning ``Trainer`` for one training run of a stage.
 
-    Seeds everything, chooses the accelerator (``"auto"``: CUDA when present, else CPU), logs
-    to CSV under ``<stage_dir>/logs/<key>``, checkpoints the best and last epochs under
-    ``<stage_dir>/checkpoints/<key>`` and shows a progress bar.
+    Seeds everything, chooses the accelerator (``"auto"``: CUDA when present, else CPU) and the
+    cluster environment (``cluster_environment``), logs to CSV under ``<stage_dir>/logs/<key>``,
+    checkpoints the best and last epochs under ``<stage_dir>/checkpoints/<key>`` and shows a
+    progress bar. In a multi-process run (DDP) every process calls it; only the first one
+    prepares the folders, and only global rank zero writes logs and checkpoints.
 
     Args:
         stage_dir: The stage's results folder, e.g. ``results/xrd``.
@@ -268,15 +315,19 @@ def build_trainer(
     folder = checkpoint_dir(stage_dir, key)
     resume = resume_checkpoint(stage_dir, key)
     log_dir = stage_dir / "logs" / key
-    if resume is None and folder.exists():
+    launching = _is_launching_process()
+    if launching and resume is None and folder.exists():
         # A finished run asked for again (e.g. --forcerun): its checkpoints are superseded,
         # its small logs are kept beside the new ones.
         shutil.rmtree(folder)
         if log_dir.exists():
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             log_dir.rename(log_dir.with_name(f"{key}.superseded-{stamp}"))
-    if resume is not None:
+    if launching and resume is not None:
         _keep_metrics_history(log_dir, resume)
+    environment = cluster_environment()
+    if environment is not None:
+        overrides = {"plugins": [environment], **overrides}
     checkpoint = ModelCheckpoint(
         dirpath=folder,
         filename="best",
