@@ -199,11 +199,17 @@ def test_workflow_on_slurm_survives_a_killed_job_and_finishes_on_rerun(
         "recipes/metrics.json",
         "recipes/importance/importance.json",
         "recipes/models/forest.pkl",
+        "tem/banks/labelled.npz",
+        "tem/banks/pseudo.npz",
+        "tem/models/best.ckpt",
+        "tem/metrics.json",
+        "tem/measure/sophon_example/summary.csv",
     ):
         assert (results / path).is_file(), path
     metrics = json.loads((results / "xrd" / "metrics.json").read_text())
     assert 0.0 <= metrics["rruff_heldout/xrdnet/finetuned/space_group_top5_accuracy"] <= 1.0
-    for name in ("recipes", "tem_sophon", "tem_msa_em", "xrd_rruff", "xrd_mp", "xrd_autoanalyzer"):
+    datasets = ("recipes", "tem_sophon", "tem_unlabeled", "tem_msa_em")
+    for name in (*datasets, "xrd_rruff", "xrd_mp", "xrd_autoanalyzer"):
         assert (workdir / "resources" / name / "_import.json").is_file(), name
     # Every rule's log, and a SLURM log for every submitted rule (kept: profile).
     for log in (
@@ -220,6 +226,12 @@ def test_workflow_on_slurm_survives_a_killed_job_and_finishes_on_rerun(
         "recipes/evaluate.log",
         "recipes/importance.log",
         "recipes/train.log",
+        "tem/bank.log",
+        "tem/teacher.log",
+        "tem/pseudo.log",
+        "tem/student.log",
+        "tem/evaluate.log",
+        "tem/measure_sophon_example.log",
     ):
         assert (workdir / "logs" / log).is_file(), log
     slurm_logs = workdir / ".snakemake" / "slurm_logs"
@@ -237,6 +249,12 @@ def test_workflow_on_slurm_survives_a_killed_job_and_finishes_on_rerun(
         "recipes_evaluate",
         "recipes_importance",
         "recipes_train",
+        "tem_bank",
+        "tem_teacher",
+        "tem_pseudo",
+        "tem_student",
+        "tem_evaluate",
+        "tem_measure",
     }
     for rule in submitted:
         logs = list((slurm_logs / f"rule_{rule}").rglob("*.log"))
