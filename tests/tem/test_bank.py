@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from skimage import io as skio
 from skimage.draw import disk
 
 from nanoxtal.cli import main
@@ -73,8 +74,37 @@ def test_labelled_bank_holds_the_training_part_only(msa_like):
     assert bank.names == tuple(f"msa_em/{name}" for name in split["train"])
     assert all(mask.all() for mask in bank.valid)
     assert all(labels.max() == 2 for labels in bank.instances)
-    with pytest.raises(ValueError, match="no instance truth"):
-        labelled_bank({"stem_boxes": msa_like}, seed=42, test_share=0.5)
+    with pytest.raises(ValueError, match="no bank can be made of 'nanocrystals'"):
+        labelled_bank({"nanocrystals": msa_like}, seed=42, test_share=0.5)
+
+
+def test_box_labels_become_ellipses_and_bright_particles_are_inverted(tmp_path):
+    root = tmp_path / "stem_boxes"
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True)
+    for index in range(2):
+        image = np.full((40, 60), 30, dtype=np.uint8)  # HAADF: bright particles, dark support
+        image[disk((20, 15), 6)] = 220
+        image[disk((20, 40), 4)] = 220
+        skio.imsave(root / "images" / f"s{index}.png", image, check_contrast=False)
+        # YOLO: class cx cy w h, normalised to the 60 × 40 image.
+        lines = ["0 0.25 0.5 0.2 0.3", "0 0.6667 0.5 0.1333 0.2"]
+        (root / "labels" / f"s{index}.txt").write_text("\n".join(lines) + "\n")
+    bank, split = labelled_bank({"stem_boxes": root}, seed=1, test_share=0.5)
+    [name] = bank.names
+    assert name == f"stem_boxes/{split['stem_boxes']['train'][0]}"
+    labels, image = bank.instances[0], bank.images[0]
+    assert labels.max() == 2
+    # The ellipse inscribed in a 12 × 12 px box: area π·6² within a few pixels.
+    assert abs((labels == 1).sum() - np.pi * 36) < 8
+    assert image[20, 15] < 0.2 and image[5, 5] > 0.8  # stored with dark particles
+
+
+def test_bank_crops_draw_every_set_equally_often():
+    big = toy_bank("big/a", size=256)
+    small = toy_bank("small/a", size=32)
+    weights = BankCrops(merge_banks([big, small]), 32, (1.0, 1.0), 0).weights
+    np.testing.assert_allclose(weights, [0.5, 0.5])
 
 
 def test_bank_crops_rescale_particles_and_distrust_padding():

@@ -26,17 +26,52 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+from skimage import draw
 
 from nanoxtal.files import atomic_write
 from nanoxtal.tem.io import fixed_split, read_labelled_set
-from nanoxtal.tem.segment import SegmentSettings, instances_from_maps
+from nanoxtal.tem.segment import (
+    Polarity,
+    SegmentSettings,
+    instances_from_maps,
+    particles_are_bright,
+)
 from nanoxtal.tem.targets import normalise_image
 
 if TYPE_CHECKING:
     from nanoxtal.tem.module import Segmenter
 
-# Sets whose truth is instance masks (stem_boxes has boxes only and cannot fill a bank).
-INSTANCE_SETS = ("sophon_example", "msa_em", "au_monolayer")
+# Labelled sets a bank can hold: instance masks, or boxes turned into inscribed ellipses.
+BANK_SETS = ("sophon_example", "msa_em", "au_monolayer", "stem_boxes")
+# Particle polarity of each set ("auto": guessed per image); the bank stores every image with
+# dark particles, as the network sees them (``nanoxtal.tem.segment``).
+BANK_POLARITY: dict[str, Polarity] = {"stem_boxes": "auto"}
+
+
+def boxes_to_instances(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Instance labels from particle boxes: the ellipse inscribed in each box.
+
+    A weak label (a box does not say the outline), adequate for roughly round particles:
+    counts and sizes are right, outlines approximate. Where boxes overlap, the later wins.
+
+    Args:
+        boxes: (n × 4) boxes (row0, col0, row1, col1), px.
+        shape: (height, width) of the image.
+
+    Returns:
+        int32 labels 1..n (boxes too small to hold a pixel get none), 0 = background.
+    """
+    labels = np.zeros(shape, dtype=np.int32)
+    for index, (row0, col0, row1, col1) in enumerate(np.asarray(boxes, dtype=float), start=1):
+        rows, cols = draw.ellipse(
+            (row0 + row1) / 2 - 0.5,
+            (col0 + col1) / 2 - 0.5,
+            max((row1 - row0) / 2, 0.5),
+            max((col1 - col0) / 2, 0.5),
+            shape=shape,
+        )
+        labels[rows, cols] = index
+    return labels
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,8 +174,10 @@ def labelled_bank(
     """The training part of labelled sets as a bank; the test part is left out.
 
     Args:
-        folders: Folder of each labelled set with instance truth (``INSTANCE_SETS``), by set
-            name, e.g. ``{"msa_em": "data/tem/msa_em"}``.
+        folders: Folder of each labelled set (``BANK_SETS``), by set name, e.g.
+            ``{"msa_em": "data/tem/msa_em"}``. Box labels (``stem_boxes``) become inscribed
+            ellipses (``boxes_to_instances``); images with bright particles are inverted
+            (``BANK_POLARITY``).
         seed: Split seed (``fixed_split``).
         test_share: Share of each set held out for evaluation.
 
@@ -148,13 +185,13 @@ def labelled_bank(
         The bank and, per set, the split it was cut from (record it with the model).
 
     Raises:
-        ValueError: A set without instance truth, or an unreadable training image (the bank
-            must not silently miss images the split promised).
+        ValueError: An unknown set, or an unreadable training image (the bank must not
+            silently miss images the split promised).
     """
     names, images, instances, splits = [], [], [], {}
     for name, folder in folders.items():
-        if name not in INSTANCE_SETS:
-            raise ValueError(f"{name!r} has no instance truth; sets with: {INSTANCE_SETS}")
+        if name not in BANK_SETS:
+            raise ValueError(f"no bank can be made of {name!r}; sets: {BANK_SETS}")
         items = read_labelled_set(Path(folder).parent, name, folder)
         split = fixed_split([item.name for item in items], seed, test_share)
         splits[name] = split
@@ -162,11 +199,17 @@ def labelled_bank(
         for item in items:
             if item.name not in train:
                 continue
-            if item.error is not None or item.image is None or item.instances is None:
-                raise ValueError(f"{name}/{item.name}: {item.error or 'no labels'}")
+            if item.error is not None or item.image is None:
+                raise ValueError(f"{name}/{item.name}: {item.error or 'no image'}")
+            labels = item.instances
+            if labels is None:
+                labels = boxes_to_instances(item.boxes, item.image.shape)
+            image = item.image
+            if particles_are_bright(image, BANK_POLARITY.get(name, "dark")):
+                image = -image  # normalise_image rescales: a full contrast inversion
             names.append(f"{name}/{item.name}")
-            images.append(normalise_image(item.image))
-            instances.append(item.instances.astype(np.int32))
+            images.append(normalise_image(image))
+            instances.append(labels.astype(np.int32))
     bank = ImageBank(
         names=tuple(names),
         sources=("labels",) * len(names),

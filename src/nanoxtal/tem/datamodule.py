@@ -155,6 +155,26 @@ def _padded(array: np.ndarray, side: int, mode: str) -> np.ndarray:
     return np.pad(array, pad, mode="constant", constant_values=0)
 
 
+def bank_group(name: str, source: str) -> str:
+    """The group of a bank image: its labelled set (``<set>/<stem>``), else its source."""
+    return name.split("/", 1)[0] if "/" in name else source
+
+
+def balanced_weights(bank: ImageBank) -> np.ndarray:
+    """Chance of drawing each bank image: groups equally likely, then every pixel.
+
+    A group is a labelled set, or the pseudo-labels (``bank_group``). Without the balance,
+    a set of a few 2048² images would crowd out one of many small ones.
+    """
+    groups = [bank_group(n, s) for n, s in zip(bank.names, bank.sources, strict=True)]
+    areas = np.array([image.size for image in bank.images], dtype=np.float64)
+    weights = np.zeros(len(groups))
+    for group in set(groups):
+        members = np.array([g == group for g in groups])
+        weights[members] = areas[members] / areas[members].sum()
+    return weights / weights.sum()
+
+
 class BankCrops(Dataset):
     """Random augmented squares of an ``ImageBank``'s real micrographs, one per key.
 
@@ -175,9 +195,7 @@ class BankCrops(Dataset):
         if not 0 < low <= high:
             raise ValueError(f"scale_range must be [low, high] with 0 < low <= high: {scale_range}")
         self.bank, self.crop_px, self.scale_range, self.seed = bank, crop_px, scale_range, seed
-        # Images are drawn in proportion to their area, so every real pixel is equally likely.
-        areas = np.array([image.size for image in bank.images], dtype=np.float64)
-        self.weights = areas / areas.sum()
+        self.weights = balanced_weights(bank)
 
     def __len__(self) -> int:
         return len(self.bank)
