@@ -14,6 +14,8 @@
 # profile's GPU requests are then scheduled exactly as on a GPU cluster, while the test config
 # trains on the CPU.
 set -euo pipefail
+# The daemons live in /usr/sbin, which a minimal (CI) PATH leaves out.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
