@@ -231,8 +231,11 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     tem = json.loads((workdir / "results" / "tem" / "metrics.json").read_text())
     assert tem["sophon_example/test_images"] == ["1-0001_16"] and tem["split_seed"] == 42
     for method in ("model", "baseline"):
-        for key in ("ap50", "semantic_miou", "count_error"):
-            assert 0.0 <= tem[f"msa_em/{method}/{key}"] <= 10.0, (method, key)
+        for key in ("ap50", "semantic_miou"):
+            assert 0.0 <= tem[f"msa_em/{method}/{key}"] <= 1.0, (method, key)
+        assert tem[f"msa_em/{method}/count_error"] >= 0.0  # the 1-epoch model over-splits
+    # The baseline needs no training: its score on the held-out half is the real one.
+    assert tem["msa_em/baseline/ap50"] > 0.85 and tem["msa_em/baseline/n_true"] > 100
     # The labelled bank holds the training half of msa_em only, never a test image.
     bank = json.loads((workdir / "results" / "tem" / "banks" / "labelled.json").read_text())
     test_names = {f"msa_em/{name}" for name in tem["msa_em/test_images"]}
