@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,6 +19,16 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_lightning() -> ModuleType:
+    """``tests/ddp_run.py`` as a module: the tiny LightningModule and DataModule that the
+    training tests share (DDP runs that file as a script, so the classes live there)."""
+    spec = importlib.util.spec_from_file_location("ddp_run", REPO / "tests" / "ddp_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,6 @@ import csv
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import nanoxtal.train as train_module
 from nanoxtal.train import (
@@ -19,44 +17,6 @@ from nanoxtal.train import (
     run_key,
     seed_run,
 )
-
-
-class TinyRegressor(pl.LightningModule):
-    def __init__(self, width: int = 4, lr: float = 0.05) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = nn.Linear(width, 1)
-
-    def _loss(self, batch):
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
-
-    def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", self._loss(batch))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
-
-class TinyData(pl.LightningDataModule):
-    def __init__(self) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(64, 4, generator=generator)
-        y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1
-        self.train_set = TensorDataset(x[:48], y[:48])
-        self.val_set = TensorDataset(x[48:], y[48:])
-
-    def train_dataloader(self):
-        return DataLoader(self.train_set, batch_size=16, shuffle=True)
-
-    def val_dataloader(self):
-        return DataLoader(self.val_set, batch_size=16)
 
 
 class StopAtEpoch(pl.Callback):
@@ -81,11 +41,17 @@ class EpochRecorder(pl.Callback):
 QUIET = {"enable_model_summary": False}
 
 
-def train(stage_dir, settings, key, callbacks=()):
-    seed_run(settings)
-    module = TinyRegressor()
-    fit(module, TinyData(), stage_dir, settings, key, callbacks, **QUIET)
-    return module
+@pytest.fixture
+def train(tiny_lightning):
+    """Train the tiny regressor in ``stage_dir`` through ``fit``; returns the module."""
+
+    def run(stage_dir, settings, key, callbacks=()):
+        seed_run(settings)
+        module = tiny_lightning.TinyRegressor()
+        fit(module, tiny_lightning.TinyData(), stage_dir, settings, key, callbacks, **QUIET)
+        return module
+
+    return run
 
 
 def weights(module):
@@ -122,7 +88,7 @@ def test_auto_accelerator_uses_cuda_when_present_else_cpu(tmp_path):
     assert trainer.logger.log_dir == str(tmp_path / "logs" / "k")
 
 
-def test_same_seed_same_model_other_seed_other_model(tmp_path):
+def test_same_seed_same_model_other_seed_other_model(tmp_path, train):
     settings = TrainerSettings(accelerator="cpu", max_epochs=2, seed=7)
     first = train(tmp_path / "a", settings, "k")
     again = train(tmp_path / "b", settings, "k")
@@ -131,7 +97,9 @@ def test_same_seed_same_model_other_seed_other_model(tmp_path):
     assert not torch.equal(weights(first), weights(other))
 
 
-def test_interrupted_run_resumes_from_last_ckpt_and_matches_an_uninterrupted_one(tmp_path):
+def test_interrupted_run_resumes_from_last_ckpt_and_matches_an_uninterrupted_one(
+    tmp_path, train, tiny_lightning
+):
     settings = TrainerSettings(accelerator="cpu", max_epochs=4, seed=3)
     reference = train(tmp_path / "reference", settings, "k")
 
@@ -147,7 +115,7 @@ def test_interrupted_run_resumes_from_last_ckpt_and_matches_an_uninterrupted_one
     assert torch.allclose(weights(resumed), weights(reference), atol=1e-6)
     assert (checkpoint_dir(stage, "k") / COMPLETE_MARKER).exists()
 
-    best = TinyRegressor.load_from_checkpoint(stage / "models" / "best.ckpt")
+    best = tiny_lightning.TinyRegressor.load_from_checkpoint(stage / "models" / "best.ckpt")
     assert best.hparams.width == 4
     # The metrics of the epochs before the kill survive the resume, each epoch once.
     with open(stage / "logs" / "k" / "metrics.csv") as handle:
@@ -158,7 +126,7 @@ def test_interrupted_run_resumes_from_last_ckpt_and_matches_an_uninterrupted_one
     assert not (stage / "logs" / "k" / "metrics.history.csv").exists()
 
 
-def test_finished_run_is_retrained_not_resumed(tmp_path):
+def test_finished_run_is_retrained_not_resumed(tmp_path, train):
     settings = TrainerSettings(accelerator="cpu", max_epochs=2)
     train(tmp_path, settings, "k")
     assert resume_checkpoint(tmp_path, "k") is None
@@ -169,7 +137,7 @@ def test_finished_run_is_retrained_not_resumed(tmp_path):
     assert len(superseded) == 1 and (tmp_path / "logs" / "k" / "metrics.csv").is_file()
 
 
-def test_other_run_key_does_not_resume_a_foreign_checkpoint(tmp_path):
+def test_other_run_key_does_not_resume_a_foreign_checkpoint(tmp_path, train):
     settings = TrainerSettings(accelerator="cpu", max_epochs=3)
     with pytest.raises(RuntimeError, match="killed"):
         train(tmp_path, settings, "old", callbacks=[StopAtEpoch(1)])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -44,14 +43,7 @@ def metrics(stage_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), list(reader)
 
 
-def load_script_module():
-    spec = importlib.util.spec_from_file_location("ddp_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_ddp_on_two_cpu_processes_matches_the_single_process_layout(tmp_path):
+def test_ddp_on_two_cpu_processes_matches_the_single_process_layout(tmp_path, tiny_lightning):
     common = {"accelerator": "cpu", "max_epochs": 2, "seed": 5, "log_every_n_steps": 1}
     single = run_script(tmp_path / "single", {**common, "devices": 1})
     assert single.returncode == 0, single.stderr[-3000:]
@@ -77,7 +69,7 @@ def test_ddp_on_two_cpu_processes_matches_the_single_process_layout(tmp_path):
     assert (tmp_path / "ddp" / "checkpoints" / "k" / COMPLETE_MARKER).is_file()
 
     # The published checkpoint loads in one process, on the CPU.
-    module = load_script_module().TinyRegressor.load_from_checkpoint(
+    module = tiny_lightning.TinyRegressor.load_from_checkpoint(
         tmp_path / "ddp" / "models" / "best.ckpt", map_location="cpu"
     )
     assert module.hparams.width == 4
