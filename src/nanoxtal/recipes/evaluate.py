@@ -22,6 +22,8 @@ from sklearn.ensemble import (
 )
 from sklearn.model_selection import GroupKFold, KFold
 
+from nanoxtal.metrics import accuracy, macro_f1, regression_metrics
+
 PROTOCOLS = ("random", "doi", "product")
 BASELINES = ("random_forest", "gradient_boosting")
 
@@ -77,31 +79,11 @@ def folds(
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
 
 
-def regression_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """MAE, RMSE (nm), R² and MAPE (%) of sizes."""
-    error = predicted - truth
-    total = np.sum((truth - truth.mean()) ** 2)
-    return {
-        "mae_nm": float(np.mean(np.abs(error))),
-        "rmse_nm": float(np.sqrt(np.mean(error**2))),
-        "r2": float(1.0 - np.sum(error**2) / total) if total > 0 else float("nan"),
-        "mape_pct": float(100.0 * np.mean(np.abs(error) / truth)),
-        "count": len(truth),
-    }
-
-
 def classification_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro-F1 (over the classes present in truth or prediction)."""
-    classes = np.union1d(truth, predicted)
-    f1 = []
-    for c in classes:
-        tp = np.sum((predicted == c) & (truth == c))
-        precision = tp / max(1, np.sum(predicted == c))
-        recall = tp / max(1, np.sum(truth == c))
-        f1.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    """Accuracy and macro-F1 of shape classes, with the number of recipes scored."""
     return {
-        "accuracy": float(np.mean(truth == predicted)),
-        "macro_f1": float(np.mean(f1)),
+        "accuracy": accuracy(truth, predicted),
+        "macro_f1": macro_f1(truth, predicted),
         "count": len(truth),
     }
 
