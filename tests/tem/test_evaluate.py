@@ -12,6 +12,7 @@ from nanoxtal.tem.evaluate import (
     diameter_error,
     equivalent_diameters,
     evaluate_set,
+    interior_diameters,
     match_instances,
     mean_iou,
     summarise,
@@ -138,6 +139,30 @@ def test_diameters_and_box_counts():
     )
     boxes = np.zeros((5, 4))
     assert box_count_error(boxes, FOUR) == pytest.approx(0.2)
+
+
+def test_sample_diameter_error_pools_interior_particles():
+    # Truth: an interior 8x8 square and a 4x4 fragment cut by the edge; the prediction misses
+    # the fragment and draws the interior particle 10x10. Per image, the mean over all
+    # instances moves with the missed fragment; the sample mean of interior particles does not.
+    truth = squares((40, 40), {1: (10, 10, 18, 18), 2: (0, 30, 4, 34)})
+    predicted = squares((40, 40), {7: (9, 9, 19, 19)})
+    assert interior_diameters(truth) == pytest.approx([2 * math.sqrt(64 / math.pi)])
+    assert interior_diameters(predicted) == pytest.approx([2 * math.sqrt(100 / math.pi)])
+    image = np.zeros(truth.shape, np.float32)
+    items = [
+        LabelledImage("a", image, instances=truth),
+        LabelledImage("b", image, instances=FOUR),
+    ]
+    answers = iter([predicted, FOUR])
+    _, summary = evaluate_set(items, lambda pixels: next(answers))
+    d8, d10 = (2 * math.sqrt(area / math.pi) for area in (64, 100))
+    # Pooled interior means: truth (d8 + 4 · d8) / 5, prediction (d10 + 4 · d8) / 5.
+    assert summary["sample_diameter_error"] == pytest.approx((d10 - d8) / (5 * d8))
+    per_image_a = abs(d10 - (d8 + 2 * math.sqrt(16 / math.pi)) / 2) / (
+        (d8 + 2 * math.sqrt(16 / math.pi)) / 2
+    )
+    assert summary["diameter_error"] == pytest.approx(per_image_a / 2)
 
 
 def test_evaluate_set_records_failures_and_continues():

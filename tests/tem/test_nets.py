@@ -70,8 +70,25 @@ def test_macs_per_pixel_counts_convolutions():
     assert 5e3 < default < 2e4  # documented: 11.3 G multiply-adds per megapixel
 
 
-def test_inference_copy_matches_eval_and_leaves_the_net_alone():
-    net = UNet(width=4, depth=2)
+def test_refinement_starts_as_identity_and_then_works_per_pixel():
+    torch.manual_seed(0)
+    net = UNet(width=4, depth=2, stem=2, refine=3)
+    coarse = UNet(width=4, depth=2, stem=2)
+    coarse.load_state_dict({k: v for k, v in net.state_dict().items() if "refine" not in k})
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), coarse.eval()(x))
+        torch.nn.init.normal_(net.refine[-1].weight)
+        assert not torch.allclose(net(x), coarse(x))
+    with pytest.raises(ValueError, match="refine"):
+        UNet(refine=-1)
+
+
+@pytest.mark.parametrize("refine", [0, 4])
+def test_inference_copy_matches_eval_and_leaves_the_net_alone(refine):
+    net = UNet(width=4, depth=2, refine=refine)
+    if refine:
+        torch.nn.init.normal_(net.refine[-1].weight)
     # Non-trivial BatchNorm statistics, so that folding them in is actually tested.
     with torch.no_grad():
         for _ in range(3):

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from nanoxtal.cli import main
 from nanoxtal.tem.evaluate import evaluate_test_parts
-from nanoxtal.tem.segment import SegmentSettings, segment_image
+from nanoxtal.tem.segment import SegmentSettings, instances_from_maps, segment_image
 
 CENTRES = [(20, 20), (20, 60), (60, 40)]
 
@@ -44,6 +44,36 @@ def test_baseline_and_model_find_the_particles_of_either_polarity(draw_discs):
     assert found.max() == 3 and (found > 0).sum() == (labels > 0).sum()
     # Bright particles reach the network inverted: dark particles, as it was trained on.
     assert model.seen[-1][20, 20] < model.seen[-1][0, 0]
+
+
+def test_distance_smoothing_scales_with_the_particles(draw_discs):
+    # One large particle (radius 30 px) whose predicted distance map has a valley across it, as
+    # a lattice fringe makes it have, so its core falls in two: a fixed 2-px smoothing splits
+    # it, smoothing by a fraction of the typical radius keeps it whole; a small particle
+    # (radius 4 px) stays one whole instance.
+    labels = draw_discs((96, 160), [(48, 48)], 30) + 2 * draw_discs((96, 160), [(48, 130)], 4)
+    foreground = (labels > 0).astype(np.float32)
+    distance = ndimage.distance_transform_edt(labels == 1)
+    distance = distance / distance.max()
+    cols = np.arange(160)[None, :]
+    distance = distance * (1 - 0.7 * np.exp(-(((cols - 48) / 4) ** 2)))
+    small = ndimage.distance_transform_edt(labels == 2)
+    distance[labels == 2] = (small / small.max())[labels == 2]
+    maps = {
+        "foreground": foreground,
+        "distance": distance.astype(np.float32),
+        "boundary": np.zeros_like(foreground),
+    }
+    fixed = instances_from_maps(
+        maps, SegmentSettings(min_area_factor=0.0, distance_smooth_factor=0.0)
+    )
+    relative = instances_from_maps(
+        maps, SegmentSettings(min_area_factor=0.0, distance_smooth_factor=0.3)
+    )
+    assert len(np.unique(fixed[labels == 1])) >= 2
+    assert len(np.unique(relative[labels == 1])) == 1
+    assert (relative[labels == 2] > 0).all()
+    assert relative.max() == 2
 
 
 def test_segment_settings_refuse_nonsense():

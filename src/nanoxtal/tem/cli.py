@@ -195,7 +195,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         with atomic_write(args.figure) as partial:
             evaluation_figure(metrics, partial)
     for key, value in metrics.items():
-        if key.endswith(("/ap50", "/semantic_miou", "/count_error", "/diameter_error")):
+        if key.endswith(
+            ("/ap50", "/semantic_miou", "/count_error", "/diameter_error", "/sample_diameter_error")
+        ) and isinstance(value, float):
             print(f"{key}: {value:.3f}")
     return EXIT_OK
 

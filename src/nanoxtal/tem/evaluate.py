@@ -34,7 +34,13 @@ count error
     |n_pred − n_true| / n_true (relative); ``count_bias`` keeps the sign.
 diameter error
     |mean d_pred − mean d_true| / mean d_true of the mean equivalent-circle diameter
-    d = 2·√(area/π) (px; relative, so the pixel size cancels).
+    d = 2·√(area/π) (px; relative, so the pixel size cancels), over all instances.
+sample diameter error (set level)
+    The same for the mean diameter a measurement reports for the set as one sample
+    (``nanoxtal tem measure``): particles touching the image edge left out, as there, and
+    the diameters pooled over all images of the set. With ~15 particles per image, half of
+    them cut by the edge (msa_em), one missed fragment moves an image's mean by 10 %; the
+    sample mean is what a recipe's size label is.
 
 Set-level summaries average the per-image values over the images evaluated (mean of per-image
 AP, as cellpose and StarDist report) and also give AP pooled over the set: ΣTP / Σ(TP+FP+FN).
@@ -52,6 +58,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from nanoxtal.tem.instances import border_flags
 from nanoxtal.tem.io import LabelledImage, fixed_split, read_labelled_set
 
 THRESHOLDS = (0.5, 0.75, 0.9)
@@ -267,6 +274,15 @@ def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
     return 2 * np.sqrt(areas[areas > 0] / math.pi)
 
 
+def interior_diameters(labels: np.ndarray) -> np.ndarray:
+    """Equivalent-circle diameters (px) of the instances that do not touch the image edge."""
+    labels = np.asarray(labels)
+    areas = np.bincount(labels.ravel())
+    keep = (areas > 0) & ~border_flags(labels, areas.size)
+    keep[0] = False
+    return 2 * np.sqrt(areas[keep] / math.pi)
+
+
 def diameter_error(truth: np.ndarray, predicted: np.ndarray) -> float:
     """Relative error of the mean equivalent-circle diameter, |d̄_pred − d̄_true| / d̄_true.
 
@@ -295,8 +311,13 @@ def evaluate_instances(
     matching = match_instances(truth, predicted)
     true_d = equivalent_diameters(truth)
     pred_d = equivalent_diameters(predicted)
+    inner_true, inner_pred = interior_diameters(truth), interior_diameters(predicted)
     n_true, n_pred = matching.n_true, matching.n_pred
     return {
+        "interior_true": inner_true.size,
+        "interior_pred": inner_pred.size,
+        "interior_diameter_sum_true_px": float(inner_true.sum()),
+        "interior_diameter_sum_pred_px": float(inner_pred.sum()),
         "n_true": n_true,
         "n_pred": n_pred,
         **average_precision(truth, predicted, thresholds, matching),
@@ -352,8 +373,8 @@ def summarise(table: pd.DataFrame, thresholds: Sequence[float] = THRESHOLDS) -> 
         summed, ``images_per_s`` of prediction, the mean of each per-image metric where it is
         defined (``ap50``, ``precision50``, ``recall50``, ..., ``foreground_iou``,
         ``semantic_miou``, ``matched_iou``, ``count_error``, ``count_bias``,
-        ``diameter_error``), ``count_error_median``, and pooled AP ``ap50_pooled`` =
-        ΣTP / Σ(TP + FP + FN).
+        ``diameter_error``), ``count_error_median``, pooled AP ``ap50_pooled`` =
+        ΣTP / Σ(TP + FP + FN), and ``sample_diameter_error`` (None without interior particles).
     """
     ok = table[table["error"].isna()]
     summary: dict[str, object] = {
@@ -376,10 +397,22 @@ def summarise(table: pd.DataFrame, thresholds: Sequence[float] = THRESHOLDS) -> 
         if metric in ok and ok[metric].notna().any():
             # Mean over images where the metric is defined (per-image AP, as cellpose reports).
             summary[metric] = float(ok[metric].replace([np.inf], np.nan).mean())
+    if {"interior_true", "interior_pred"} <= set(ok.columns):
+        summary["sample_diameter_error"] = _sample_diameter_error(ok)
     if "count_error" in summary:
         # One image with thousands of false specks dominates the mean; the median does not.
         summary["count_error_median"] = float(ok["count_error"].median())
     return summary
+
+
+def _sample_diameter_error(rows: pd.DataFrame) -> float | None:
+    """Relative error of the set's pooled mean diameter of interior particles (see top)."""
+    n_true, n_pred = rows["interior_true"].sum(), rows["interior_pred"].sum()
+    if not n_true or not n_pred:
+        return None
+    true_mean = rows["interior_diameter_sum_true_px"].sum() / n_true
+    pred_mean = rows["interior_diameter_sum_pred_px"].sum() / n_pred
+    return float(abs(pred_mean - true_mean) / true_mean)
 
 
 def evaluate_set(
@@ -440,6 +473,7 @@ HEADLINE = (
     "count_error",
     "count_error_median",
     "diameter_error",
+    "sample_diameter_error",
     "images_per_s",
 )
 

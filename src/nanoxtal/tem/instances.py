@@ -87,6 +87,22 @@ class ClassicalSettings:
 # Shared steps.
 
 
+def border_flags(labels: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Whether each label value has a pixel on the image edge (index = label id).
+
+    Args:
+        labels: Instance labels (height × width), non-negative integers.
+        size: Length of the result (at least the largest id + 1); default exactly that.
+
+    Returns:
+        bool array; entry 0 (background) is whatever the edge holds and means nothing.
+    """
+    labels = np.asarray(labels)
+    flags = np.zeros(size or int(labels.max(initial=0)) + 1, dtype=bool)
+    flags[labels[0]] = flags[labels[-1]] = flags[labels[:, 0]] = flags[labels[:, -1]] = True
+    return flags
+
+
 def drop_small(labels: np.ndarray, min_area_px: float) -> np.ndarray:
     """Labels with instances of fewer than ``min_area_px`` pixels set to 0, renumbered 1..n.
 

@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import ndimage
 
 from nanoxtal.files import atomic_write
+from nanoxtal.tem.instances import border_flags
 from nanoxtal.tem.simulate import SHAPE_CLASSES, MicrographSettings, shape_mask, text_bitmap
 
 # Directions (over 360°) whose support points make up the convex hull.
@@ -266,8 +267,7 @@ def _geometry(labels: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     row, col, central = _moments(labels, ids, counts)
     perimeter = _perimeters(labels, counts.size)[ids]
     hull = _hull_geometry(_hulls(labels, ids, np.column_stack([col, row])))
-    edge = np.zeros(counts.size, dtype=bool)
-    edge[labels[0]] = edge[labels[-1]] = edge[labels[:, 0]] = edge[labels[:, -1]] = True
+    edge = border_flags(labels, counts.size)
     # Pixel moments plus the 1/12 px² of each unit square, so tiny particles stay finite.
     mu20 = central["mu20"] / area + 1 / 12
     mu02 = central["mu02"] / area + 1 / 12

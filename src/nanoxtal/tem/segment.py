@@ -52,9 +52,15 @@ class SegmentSettings:
             π·r² are dropped too (r: ``estimate_radius`` of the predicted foreground), as in
             the classical baseline: slivers and specks, not particles. On the training half
             of msa_em, 0.1 raised AP50 from 0.70 to 0.81.
-        distance_smooth_px: Gaussian smoothing of the predicted distance map (px) before
-            markers are sought (``watershed_instances``); chosen on the training halves of
-            msa_em and au_monolayer, never on test images.
+        distance_smooth_px: Least Gaussian smoothing of the predicted distance map (px)
+            before markers are sought (``watershed_instances``).
+        distance_smooth_factor: Smoothing relative to the typical particle radius r:
+            σ = max(``distance_smooth_px``, factor · r). Lattice fringes and thickness
+            contrast inside large particles make ripples in the distance map that split
+            them; a fixed σ cannot suit 6-px and 60-px particles alike. Both are chosen on
+            the training halves of msa_em and au_monolayer, never on test images: factor
+            0.2 raised msa_em's AP50 there from 0.78 to 0.81 (0.1: 0.80, 0.3: 0.81 with
+            lower AP75) and left au_monolayer's unchanged.
         tile_px: Largest inference tile (px).
         background_fraction: Only for the classical baseline on ``"auto"`` images found to be
             bright: flatten the support with a Gaussian of this fraction of the image side.
@@ -67,6 +73,7 @@ class SegmentSettings:
     min_area_px: int = 8
     min_area_factor: float = 0.1
     distance_smooth_px: float = 2.0
+    distance_smooth_factor: float = 0.2
     tile_px: int = 1024
     background_fraction: float = 0.03
 
@@ -134,6 +141,10 @@ def instances_from_maps(maps: Mapping[str, np.ndarray], settings: SegmentSetting
     Returns:
         int32 instance labels 1..n, 0 = background.
     """
+    foreground = ndimage.binary_fill_holes(maps["foreground"] > settings.foreground_threshold)
+    if not foreground.any():
+        return np.zeros(foreground.shape, dtype=np.int32)
+    radius = estimate_radius(ndimage.distance_transform_edt(foreground), foreground)
     labels = watershed_instances(
         maps["foreground"],
         maps["distance"],
@@ -143,12 +154,11 @@ def instances_from_maps(maps: Mapping[str, np.ndarray], settings: SegmentSetting
         boundary=maps["boundary"],
         boundary_threshold=settings.boundary_threshold,
         min_area_px=settings.min_area_px,
-        smooth_sigma_px=settings.distance_smooth_px,
+        smooth_sigma_px=max(settings.distance_smooth_px, settings.distance_smooth_factor * radius),
     )
-    if settings.min_area_factor <= 0 or not labels.any():
+    if settings.min_area_factor <= 0:
         return labels
-    foreground = labels > 0
-    radius = estimate_radius(ndimage.distance_transform_edt(foreground), foreground)
     return drop_small(
-        labels, max(settings.min_area_px, settings.min_area_factor * math.pi * radius**2)
+        labels,
+        max(settings.min_area_px, settings.min_area_factor * math.pi * radius**2),
     )
