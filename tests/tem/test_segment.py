@@ -46,6 +46,19 @@ def test_baseline_and_model_find_the_particles_of_either_polarity(draw_discs):
     assert model.seen[-1][20, 20] < model.seen[-1][0, 0]
 
 
+def test_bright_particles_on_a_bright_uneven_support_are_flattened_first(draw_discs):
+    # HAADF of a supported catalyst: small bright particles on a broad bright support. Inverted
+    # as it is, the support would be a dark blob, i.e. particle, to the network.
+    labels = draw_discs((160, 160), [(60, 60), (60, 100), (100, 80)], 4)
+    rows, cols = np.mgrid[:160, :160]
+    support = 0.6 * np.exp(-((rows - 80) ** 2 + (cols - 80) ** 2) / (2 * 45.0**2))
+    image = (0.05 + support + 0.6 * (labels > 0)).astype(np.float32)
+    model = ThresholdModel()
+    found = segment_image(image, model, SegmentSettings(polarity="bright", min_area_factor=0))
+    assert found.max() == 3
+    assert not (found > 0)[labels == 0].any()
+
+
 def test_distance_smoothing_scales_with_the_particles(draw_discs):
     # One large particle (radius 30 px) whose predicted distance map has a valley across it, as
     # a lattice fringe makes it have, so its core falls in two: a fixed 2-px smoothing splits
