@@ -163,7 +163,7 @@ def test_untrusted_pixels_do_not_count_in_the_losses():
 class FakeTeacher:
     """A teacher whose foreground probability is the image itself."""
 
-    def predict_maps(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def predict_maps(self, image: np.ndarray, tile: int = 1024) -> dict[str, np.ndarray]:
         return {
             "foreground": image.copy(),
             "distance": np.where(image > 0.55, 0.9, 0.0).astype(np.float32),

@@ -89,6 +89,19 @@ def test_distance_smoothing_scales_with_the_particles(draw_discs):
     assert relative.max() == 2
 
 
+def test_test_time_augmentation_maps_every_view_back(draw_discs):
+    labels = draw_discs((48, 64), [(12, 12), (30, 45)], 6)
+    image = np.where(labels > 0, 0.2, 0.8).astype(np.float32)
+    image[:3, :] = 0.9  # asymmetric, so a view mapped back wrongly would show
+    model = ThresholdModel()
+    plain = segment_image(image, model)
+    augmented = segment_image(image, model, SegmentSettings(test_time_augment=True))
+    assert len(model.seen) == 1 + 8
+    assert {view.shape for view in model.seen} == {(48, 64), (64, 48)}
+    np.testing.assert_array_equal(augmented > 0, plain > 0)
+    assert augmented.max() == plain.max() == 2
+
+
 def test_segment_settings_refuse_nonsense():
     with pytest.raises(ValueError, match="polarity"):
         SegmentSettings(polarity="grey")

@@ -33,6 +33,7 @@ from nanoxtal.tem.io import fixed_split, read_labelled_set
 from nanoxtal.tem.segment import (
     Polarity,
     SegmentSettings,
+    augmented_maps,
     instances_from_maps,
     particles_are_bright,
 )
@@ -235,21 +236,6 @@ class PseudoSettings:
     confident_margin: float = 0.2
     min_particle_confidence: float = 0.8
     augment: bool = True
-
-
-def augmented_maps(model: Segmenter, image: np.ndarray, augment: bool) -> dict[str, np.ndarray]:
-    """The model's maps of ``image``, averaged over the square's 8 symmetries when asked."""
-    if not augment:
-        return model.predict_maps(image)
-    total: dict[str, np.ndarray] = {}
-    for turns in range(4):
-        for flip in (False, True):
-            view = np.rot90(image[:, ::-1] if flip else image, turns)
-            for name, values in model.predict_maps(np.ascontiguousarray(view)).items():
-                back = np.rot90(values, -turns)
-                back = back[:, ::-1] if flip else back
-                total[name] = total.get(name, 0.0) + back / 8.0
-    return total
 
 
 def pseudo_label(
