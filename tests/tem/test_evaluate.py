@@ -12,7 +12,6 @@ from nanoxtal.tem.evaluate import (
     diameter_error,
     equivalent_diameters,
     evaluate_set,
-    interior_diameters,
     match_instances,
     mean_iou,
     summarise,
@@ -147,8 +146,13 @@ def test_sample_diameter_error_pools_interior_particles():
     # instances moves with the missed fragment; the sample mean of interior particles does not.
     truth = squares((40, 40), {1: (10, 10, 18, 18), 2: (0, 30, 4, 34)})
     predicted = squares((40, 40), {7: (9, 9, 19, 19)})
-    assert interior_diameters(truth) == pytest.approx([2 * math.sqrt(64 / math.pi)])
-    assert interior_diameters(predicted) == pytest.approx([2 * math.sqrt(100 / math.pi)])
+    assert equivalent_diameters(truth, interior=True) == pytest.approx(
+        [2 * math.sqrt(64 / math.pi)]
+    )
+    assert equivalent_diameters(predicted, interior=True) == pytest.approx(
+        [2 * math.sqrt(100 / math.pi)]
+    )
+    assert len(equivalent_diameters(truth)) == 2
     image = np.zeros(truth.shape, np.float32)
     items = [
         LabelledImage("a", image, instances=truth),

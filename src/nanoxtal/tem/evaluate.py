@@ -268,17 +268,18 @@ def count_error(n_true: int, n_pred: int) -> float:
     return abs(n_pred - n_true) / n_true
 
 
-def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
-    """Equivalent-circle diameter 2·√(area/π) of each instance (px), in id order."""
-    areas = np.bincount(np.asarray(labels).ravel())[1:]
-    return 2 * np.sqrt(areas[areas > 0] / math.pi)
+def equivalent_diameters(labels: np.ndarray, interior: bool = False) -> np.ndarray:
+    """Equivalent-circle diameter 2·√(area/π) of each instance (px), in id order.
 
-
-def interior_diameters(labels: np.ndarray) -> np.ndarray:
-    """Equivalent-circle diameters (px) of the instances that do not touch the image edge."""
+    Args:
+        labels: Instance labels, 0 = background.
+        interior: Only instances that do not touch the image edge.
+    """
     labels = np.asarray(labels)
     areas = np.bincount(labels.ravel())
-    keep = (areas > 0) & ~border_flags(labels, areas.size)
+    keep = areas > 0
+    if interior:
+        keep &= ~border_flags(labels, areas.size)
     keep[0] = False
     return 2 * np.sqrt(areas[keep] / math.pi)
 
@@ -311,7 +312,8 @@ def evaluate_instances(
     matching = match_instances(truth, predicted)
     true_d = equivalent_diameters(truth)
     pred_d = equivalent_diameters(predicted)
-    inner_true, inner_pred = interior_diameters(truth), interior_diameters(predicted)
+    inner_true = equivalent_diameters(truth, interior=True)
+    inner_pred = equivalent_diameters(predicted, interior=True)
     n_true, n_pred = matching.n_true, matching.n_pred
     return {
         "interior_true": inner_true.size,
