@@ -130,6 +130,9 @@ def test_watershed_instances_from_distance_maps():
     in_px = ndimage.distance_transform_edt(truth > 0)
     by_peaks = watershed_instances(foreground, in_px, min_distance_px=8)
     assert match_instances(truth, by_peaks).n_pred == 2
+    # A given mask replaces the thresholded probability: here only the first disc.
+    first = watershed_instances(foreground, distance, foreground=truth == 1)
+    assert first.max() == 1 and np.array_equal(first > 0, truth == 1)
 
 
 def test_watershed_instances_from_boundary_maps():
@@ -159,6 +162,8 @@ def test_watershed_instances_checks_arguments():
         watershed_instances(maps, maps, kind="boundary", min_distance_px=3)
     with pytest.raises(ValueError, match="boundary has shape"):
         watershed_instances(maps, maps, boundary=maps[:4])
+    with pytest.raises(ValueError, match="foreground has shape"):
+        watershed_instances(maps, maps, foreground=maps[:4] > 0)
 
 
 def test_watershed_instances_boundary_cuts_a_bridging_core():

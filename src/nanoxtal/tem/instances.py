@@ -288,6 +288,7 @@ def watershed_instances(
     boundary_threshold: float = 0.5,
     min_area_px: int = 8,
     smooth_sigma_px: float = 0.0,
+    foreground: np.ndarray | None = None,
 ) -> np.ndarray:
     """Instances from predicted maps by marker-controlled watershed.
 
@@ -327,6 +328,8 @@ def watershed_instances(
             (px; ``"distance"`` only). A network's distance map has pixel-scale noise that
             splits the core of a large particle into several markers; on the training half of
             msa_em (particles ~60 px across) σ = 2 px raised AP50 from 0.22 to 0.70.
+        foreground: The filled particle mask when the caller has it already (same shape);
+            then ``foreground_prob`` and ``foreground_threshold`` are not used for it.
 
     Returns:
         int32 instance labels 1..n, 0 = background.
@@ -348,7 +351,10 @@ def watershed_instances(
         raise ValueError("min_distance_px and boundary apply to distance maps only")
     if boundary is not None and np.shape(boundary) != surface_map.shape:
         raise ValueError(f"boundary has shape {np.shape(boundary)}, maps {surface_map.shape}")
-    foreground = ndimage.binary_fill_holes(foreground_prob > foreground_threshold)
+    if foreground is None:
+        foreground = ndimage.binary_fill_holes(foreground_prob > foreground_threshold)
+    elif np.shape(foreground) != surface_map.shape:
+        raise ValueError(f"foreground has shape {np.shape(foreground)}, maps {surface_map.shape}")
     if kind == "distance":
         if smooth_sigma_px > 0:
             surface_map = ndimage.gaussian_filter(surface_map, smooth_sigma_px)

@@ -187,6 +187,7 @@ def instances_from_maps(maps: Mapping[str, np.ndarray], settings: SegmentSetting
         boundary_threshold=settings.boundary_threshold,
         min_area_px=settings.min_area_px,
         smooth_sigma_px=max(settings.distance_smooth_px, settings.distance_smooth_factor * radius),
+        foreground=foreground,
     )
     if settings.min_area_factor <= 0:
         return labels
