@@ -58,6 +58,10 @@ def test_clean_chemicals_evaluate(tmp_path, workbook):
     assert metrics["augmentation"]["augmented_rows"] == len(augmented) == (4 * 6 + 10) * 8
     assert set(augmented["source_id"]) == set(many["recipe_id"][:40])
     assert "product/random_forest/CdSe/size_mae_nm" in metrics
+    # The leaky diagnostic runs for forests when intermediates are made, never for the transformer.
+    assert metrics["leaky/random_forest/original/size_mae_nm"] >= 0
+    assert metrics["leaky/random_forest/all/size_count"] == 40 + len(augmented)
+    assert not any(key.startswith("leaky/transformer") for key in metrics)
     assert (tmp_path / "fig" / "parity_random_forest_random.png").is_file()
     assert (tmp_path / "fig" / "shape_confusion_random_forest_doi.png").is_file()
 

@@ -108,6 +108,12 @@ def test_forest_learns_saves_and_predicts(tmp_path, registry):
     assert (predicted["predicted_shape"] == "sphere").all()  # oleic acid, as the spheres
     assert (predicted["predicted_size_std_nm"] >= 0).all()
     assert np.allclose(predicted[["p_cube", "p_sphere"]].sum(axis=1), 1.0)
+    forest = RecipeForest.fit(
+        table, registry, SHAPES, vocabulary=10, trees=30, model="random_forest"
+    )
+    assert forest.predict(new, registry)["predicted_size_nm"].iloc[1] > 8
+    with pytest.raises(ValueError, match="must be one of"):
+        RecipeForest.fit(table, registry, SHAPES, model="gradient_boosting")
     (tmp_path / "junk.pkl").write_bytes(b"\x80\x04N.")  # pickled None
     with pytest.raises(ValueError, match="not a nanoxtal recipe model"):
         RecipeForest.load(tmp_path / "junk.pkl")

@@ -4,10 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nanoxtal.recipes.cli import BASELINE_NAMES
 from nanoxtal.recipes.evaluate import (
+    BASELINES,
+    baseline,
     classification_metrics,
     cross_validate,
     folds,
+    leaky_reference,
     summarise,
     uncertainty_metrics,
 )
@@ -56,7 +60,7 @@ def test_shape_metrics_count_the_recipes():
     assert shape["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
 
 
-@pytest.mark.parametrize("model", ["random_forest", "gradient_boosting"])
+@pytest.mark.parametrize("model", BASELINES)
 def test_baselines_learn_a_size_that_a_feature_decides(model):
     recipes = table(200)
     rng = np.random.default_rng(1)
@@ -69,6 +73,48 @@ def test_baselines_learn_a_size_that_a_feature_decides(model):
     scores = summarise(predictions)
     assert scores["size_mae_nm"] < 1.0 and scores["shape_accuracy"] > 0.9
     assert sorted(predictions["recipe_id"]) == sorted(recipes["recipe_id"])
+
+
+def test_cli_offers_exactly_the_baselines():
+    assert BASELINE_NAMES == BASELINES
+
+
+@pytest.mark.parametrize("model", BASELINES)
+def test_size_baselines_average_log_sizes(model):
+    # Inputs that cannot tell recipes apart: the best constant in log space is the geometric
+    # mean (10 nm here, give or take bootstrap draws); a model fitted on sizes in nm would answer
+    # the arithmetic mean (50.5).
+    x = np.zeros((40, 1))
+    size = np.tile([1.0, 100.0], 20)
+    predicted = baseline(model, "size", seed=0, trees=20).fit(x, size).predict(x)
+    assert np.all((predicted > 7) & (predicted < 14))
+
+
+def test_leaky_reference_recalls_what_the_honest_protocol_cannot():
+    # Pure-noise features: nothing is learnable, but augmented copies (the same inputs and
+    # labels as their source) in the training part let unbootstrapped, fully grown trees recall
+    # a test recipe's size.
+    recipes = table(120)
+    rng = np.random.default_rng(3)
+    features = pd.DataFrame(rng.normal(size=(120, 4)), columns=list("abcd"))
+    copies = recipes.assign(
+        source_id=recipes["recipe_id"], recipe_id=[f"{i}~aug0" for i in recipes["recipe_id"]]
+    )
+    leaky = leaky_reference(recipes, features, copies, features, "extra_trees", trees=50)
+    assert leaky["original"].sum() == 120 and len(leaky) == 240
+    honest = cross_validate(
+        recipes,
+        features,
+        "random",
+        "extra_trees",
+        trees=50,
+        augmented=copies,
+        augmented_features=features,
+    )
+    leaky_mae = summarise(leaky[leaky["original"]])["size_mae_nm"]
+    honest_mae = summarise(honest)["size_mae_nm"]
+    # A copy shares its source's test fold one time in k (5), so about 80 % are recalled.
+    assert leaky_mae < 0.4 * honest_mae and honest_mae > 2.5  # uniform 2-18 nm: MAE ~4 nm
 
 
 def test_uncertainty_metrics_on_a_hand_computed_case():

@@ -113,7 +113,7 @@ rule recipes_importance:
     params:
         settings=config["recipes"]["importance"],
         # Only the keys it uses, so changing e.g. the evaluated models does not rerun it.
-        evaluate=recipe_data_settings(),
+        evaluate=recipe_data_settings(["forest"]),
         seed=config["seed"],
     log:
         "logs/recipes/importance.log",
@@ -130,7 +130,8 @@ rule recipes_importance:
         " --summary {output.summary:q} --figure {output.figure:q}"
         " --max-size {params.evaluate[max_size_nm]} --folds {params.evaluate[folds]}"
         " --vocabulary {params.evaluate[vocabulary]} --trees {params.settings[trees]}"
-        " --repeats {params.settings[repeats]} --threads {threads} --seed {params.seed}"
+        " --repeats {params.settings[repeats]} --forest {params.evaluate[forest]}"
+        " --threads {threads} --seed {params.seed}"
         " > {log:q} 2>&1"
 
 
@@ -142,7 +143,7 @@ rule recipes_train:
         "results/recipes/models/forest.pkl",
     params:
         shapes=lambda wildcards, input: f"{input.data}/shape_classes.txt",
-        settings=recipe_data_settings(["trees"]),
+        settings=recipe_data_settings(["trees", "forest"]),
         seed=config["seed"],
     log:
         "logs/recipes/train.log",
@@ -157,5 +158,5 @@ rule recipes_train:
     shell:
         "nanoxtal recipes train {input.table:q} --shapes {params.shapes:q} --out {output:q}"
         " --max-size {params.settings[max_size_nm]} --vocabulary {params.settings[vocabulary]}"
-        " --trees {params.settings[trees]} --threads {threads} --seed {params.seed}"
-        " > {log:q} 2>&1"
+        " --trees {params.settings[trees]} --forest {params.settings[forest]}"
+        " --threads {threads} --seed {params.seed} > {log:q} 2>&1"

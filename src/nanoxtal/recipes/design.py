@@ -35,7 +35,8 @@ from nanoxtal.recipes.featurize import Featurizer, featurize_evaluated
 
 LIST_SEPARATOR = ";"
 REQUIRED_FIELDS = ("product", "reaction_temperature_c", "time_min", "reagents", "amounts_mmol")
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2  # 2: log-size forests (TransformedTargetRegressor)
+FORESTS = ("random_forest", "extra_trees")
 
 
 class RecipeInputError(ValueError):
@@ -175,12 +176,12 @@ def validate_recipe(record: Mapping, label: str, registry: Registry) -> dict[str
 
 @dataclass
 class RecipeForest:
-    """Size and shape random forests with the featurizer they were trained with.
+    """Size and shape forests with the featurizer they were trained with.
 
     Attributes:
         vocabulary: Reagents with their own amount column (``Featurizer``).
-        size: Fitted ``RandomForestRegressor``.
-        shape: Fitted ``RandomForestClassifier``.
+        size: Fitted size forest on log size (``evaluate.baseline``).
+        shape: Fitted shape forest.
         shape_names: Shape class names, by class index.
         recipes: Recipes trained on.
         max_size_nm: Size limit of the training recipes.
@@ -204,12 +205,28 @@ class RecipeForest:
         seed: int = 42,
         threads: int = 1,
         max_size_nm: float = 20.0,
+        model: str = "extra_trees",
     ) -> RecipeForest:
-        """Train on every recipe up to ``max_size_nm``."""
+        """Train on every recipe up to ``max_size_nm``.
+
+        Args:
+            table: Tidy recipes (``clean_recipes``).
+            registry: Chemical registry.
+            shape_names: Shape class names, by class index.
+            vocabulary: Most used reagents given their own amount column.
+            trees: Trees per forest.
+            seed: Random state.
+            threads: Worker threads.
+            max_size_nm: Recipes above this size are left out (the reference's 20 nm).
+            model: ``random_forest`` or ``extra_trees`` (forests: the trees' spread is the
+                size uncertainty).
+        """
+        if model not in FORESTS:
+            raise ValueError(f"recipe model must be one of {FORESTS}, not {model!r}")
         table, featurizer, features = featurize_evaluated(table, registry, max_size_nm, vocabulary)
         x = features.to_numpy(dtype=float)
-        size = baseline("random_forest", "size", seed, threads, trees)
-        shape = baseline("random_forest", "shape", seed, threads, trees)
+        size = baseline(model, "size", seed, threads, trees)
+        shape = baseline(model, "shape", seed, threads, trees)
         size.fit(x, table["size_nm"].to_numpy(dtype=float))
         shape.fit(x, table["shape_class"].to_numpy())
         return cls(featurizer.vocabulary, size, shape, list(shape_names), len(table), max_size_nm)
@@ -232,14 +249,16 @@ class RecipeForest:
     def predict(self, table: pd.DataFrame, registry: Registry) -> pd.DataFrame:
         """Size (nm) with the trees' spread and shape probabilities of tidy recipes."""
         x = Featurizer(registry, self.vocabulary).transform(table).to_numpy(dtype=float)
-        per_tree = np.stack([tree.predict(x) for tree in self.size.estimators_])
+        # The size forest learns log size: the prediction is exp(mean of the trees), and the
+        # spread is that of the trees' sizes in nm.
+        per_tree = np.exp(np.stack([tree.predict(x) for tree in self.size.regressor_.estimators_]))
         probabilities = self.shape.predict_proba(x)
         names = [self.shape_names[int(c)] for c in self.shape.classes_]
         result = pd.DataFrame(
             {
                 "recipe_id": table["recipe_id"].to_numpy(),
                 "product": table["product"].to_numpy(),
-                "predicted_size_nm": per_tree.mean(axis=0),
+                "predicted_size_nm": self.size.predict(x),
                 "predicted_size_std_nm": per_tree.std(axis=0),
                 "predicted_shape": [names[i] for i in probabilities.argmax(axis=1)],
                 "shape_probability": probabilities.max(axis=1),

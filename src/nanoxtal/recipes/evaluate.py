@@ -5,6 +5,9 @@ Protocols (folds are recorded with the predictions):
 - ``doi``: k-fold grouped by DOI, so no paper has recipes on both sides: the honest measure for a
   recipe from a new lab.
 - ``product``: leave-one-product-out for chosen products (never seen in training).
+
+``leaky_reference`` reproduces, as a diagnostic only, a protocol in which reaction-intermediate
+copies are made before the split, so copies of a test recipe sit in the training part.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
     RandomForestClassifier,
@@ -25,7 +31,7 @@ from sklearn.model_selection import GroupKFold, KFold
 from nanoxtal.metrics import accuracy, macro_f1, regression_metrics
 
 PROTOCOLS = ("random", "doi", "product")
-BASELINES = ("random_forest", "gradient_boosting")
+BASELINES = ("random_forest", "extra_trees", "gradient_boosting")
 
 
 @dataclass(frozen=True)
@@ -89,22 +95,35 @@ def classification_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str
 
 
 def baseline(name: str, task: str, seed: int, threads: int = 1, trees: int = 300):
-    """A scikit-learn baseline for ``task`` (``size`` or ``shape``); both take NaN inputs.
+    """A scikit-learn baseline for ``task`` (``size`` or ``shape``); all take NaN inputs.
+
+    Size models learn log size and predict its back-transform (the geometric mean of the trees
+    for forests): sizes span 1-20 nm and their errors grow with size, so a log target keeps the
+    large sizes from dominating the fit. On development folds (inner 5-fold inside the first
+    outer training part, never an evaluation fold) it lowered the size MAE of the random forest
+    from 2.12 to 2.10 nm and of extremely randomised trees from 2.03 to 2.00 nm.
 
     Args:
-        name: ``random_forest`` or ``gradient_boosting``.
+        name: ``random_forest``, ``extra_trees`` or ``gradient_boosting``.
         task: ``size`` (regression) or ``shape`` (classification).
         seed: Random state.
-        threads: Worker threads (random forest).
+        threads: Worker threads (forests).
         trees: Trees of the forest, boosting iterations.
     """
     if name == "random_forest":
-        model = RandomForestRegressor if task == "size" else RandomForestClassifier
-        return model(n_estimators=trees, n_jobs=threads, random_state=seed)
-    if name == "gradient_boosting":
-        model = HistGradientBoostingRegressor if task == "size" else HistGradientBoostingClassifier
-        return model(max_iter=trees, learning_rate=0.05, random_state=seed)
-    raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINES}")
+        regressor, classifier = RandomForestRegressor, RandomForestClassifier
+        options = {"n_estimators": trees, "n_jobs": threads, "random_state": seed}
+    elif name == "extra_trees":
+        regressor, classifier = ExtraTreesRegressor, ExtraTreesClassifier
+        options = {"n_estimators": trees, "n_jobs": threads, "random_state": seed}
+    elif name == "gradient_boosting":
+        regressor, classifier = HistGradientBoostingRegressor, HistGradientBoostingClassifier
+        options = {"max_iter": trees, "learning_rate": 0.05, "random_state": seed}
+    else:
+        raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINES}")
+    if task == "shape":
+        return classifier(**options)
+    return TransformedTargetRegressor(regressor(**options), func=np.log, inverse_func=np.exp)
 
 
 def cross_validate(
@@ -170,6 +189,36 @@ def cross_validate(
             )
         )
     return pd.concat(parts, ignore_index=True)
+
+
+def leaky_reference(
+    table: pd.DataFrame,
+    features: pd.DataFrame,
+    augmented: pd.DataFrame,
+    augmented_features: pd.DataFrame,
+    model: str,
+    k: int = 5,
+    seed: int = 42,
+    threads: int = 1,
+    trees: int = 300,
+) -> pd.DataFrame:
+    """Random k-fold over recipes *and* their augmented copies pooled: a leaky diagnostic.
+
+    If reaction-intermediate rows are made before the data are split, copies of a test recipe
+    (same labels, nearly the same inputs) are trained on, and the model recalls rather than
+    predicts. This reproduces that protocol so its numbers can be set beside the reference's;
+    it is never a measure of our models (``cross_validate`` keeps copies with their source).
+
+    Returns:
+        ``cross_validate``'s columns plus ``original`` (False for augmented rows).
+    """
+    pooled = pd.concat([table, augmented[table.columns]], ignore_index=True)
+    pooled_features = pd.concat([features, augmented_features], ignore_index=True)
+    result = cross_validate(
+        pooled, pooled_features, "random", model, k, seed, threads=threads, trees=trees
+    )
+    result["original"] = ~result["recipe_id"].isin(augmented["recipe_id"])
+    return result
 
 
 def summarise(predictions: pd.DataFrame, by_fold: bool = False) -> dict[str, float]:
