@@ -6,11 +6,12 @@ from scipy import ndimage
 
 from nanoxtal.tem.evaluate import average_precision, match_instances
 from nanoxtal.tem.instances import (
+    SMOOTHING_SHARE,
     ClassicalSettings,
     classical_instances,
     drop_small,
     guess_bright_particles,
-    smooth_background,
+    opening_background,
     watershed_instances,
 )
 from nanoxtal.tem.simulate import MicrographSettings, simulate_micrograph
@@ -76,7 +77,7 @@ def test_classical_with_known_radius_and_background():
     rows = np.arange(SHAPE[0], dtype=np.float32)[:, None]
     ramp = 0.2 * rows / SHAPE[0]  # uneven illumination
     image = micrograph_of(truth) - ramp
-    settings = ClassicalSettings(radius_px=RADIUS, background_sigma_px=20)
+    settings = ClassicalSettings(radius_px=RADIUS, background_width_px=4 * RADIUS)
     assert match_instances(truth, classical_instances(image, settings)).n_pred == 2
 
 
@@ -97,13 +98,35 @@ def test_guess_bright_particles(spheres):
     assert guess_bright_particles(1 - image)
 
 
-def test_smooth_background_close_to_gaussian():
+def test_opening_background_keeps_particles_and_removes_the_support():
+    # HAADF-like: a small bright particle (radius 4 px) on a wide bright support (radius 60
+    # px) beside dark vacuum.
+    rows, cols = np.mgrid[:256, :256]
+    support = 0.5 * ((rows - 128) ** 2 + (cols - 100) ** 2 < 60**2)
+    particle = 0.4 * ((rows - 128) ** 2 + (cols - 100) ** 2 < 4**2)
+    image = (0.1 + support + particle).astype(np.float32)
+    flat = image - opening_background(image, 24)
+    assert flat[128, 100] > 0.3  # the particle keeps most of its contrast
+    assert np.abs(flat[128, 60:90]).max() < 0.05  # the support is gone
+    # Next to the support, vacuum stays near zero: a Gaussian blur subtracted instead pulls
+    # it far below, which the inverted image shows as dark particle-like rims.
+    rim = (slice(124, 132), slice(164, 169))  # vacuum 4-8 px outside the support
+    assert flat[rim].min() > -0.01
+    gaussian = image - ndimage.gaussian_filter(image, 8, mode="nearest")
+    assert gaussian[rim].min() < -0.1
+
+
+def test_opening_background_on_a_decimated_grid_matches_the_direct_one():
     rng = np.random.default_rng(0)
-    image = ndimage.gaussian_filter(rng.random((128, 128)), 4).astype(np.float32)
-    image += np.linspace(0, 1, 128, dtype=np.float32)[None, :]
-    fast = smooth_background(image, 16)
-    exact = ndimage.gaussian_filter(image, 16, mode="nearest")
-    assert np.abs(fast - exact)[16:-16, 16:-16].max() < 0.02
+    image = ndimage.gaussian_filter(rng.random((256, 256)), 2).astype(np.float32)
+    image += np.linspace(0, 1, 256, dtype=np.float32)[None, :]
+    fast = opening_background(image, 64)  # decimated by 4
+    direct = ndimage.uniform_filter(
+        ndimage.grey_opening(image, size=(65, 65), mode="nearest"),
+        round(65 * SMOOTHING_SHARE),
+        mode="nearest",
+    )
+    assert np.abs(fast - direct)[32:-32, 32:-32].max() < 0.05
 
 
 def test_drop_small_renumbers():

@@ -40,9 +40,9 @@ class ClassicalSettings:
         smooth_sigma_px: Gaussian smoothing before thresholding (px); 0: none.
         invert: Particles are bright on a dark background (STEM HAADF, dark field); False for
             bright-field TEM, where particles are dark.
-        background_sigma_px: Subtract the image smoothed with this Gaussian sigma (px) before
-            thresholding, to flatten an uneven support or illumination; it must be several
-            particle radii. None: no background subtraction.
+        background_width_px: Subtract the image's background (``opening_background`` with a
+            footprint this wide, px) before thresholding, to flatten an uneven support; it
+            must be several particle diameters. None: no background subtraction.
         radius_px: Expected particle radius (px). None: estimated from the thresholded image as
             the median, over foreground components, of the largest distance to the
             background (the inscribed radius, which touching particles do not inflate),
@@ -59,7 +59,7 @@ class ClassicalSettings:
 
     smooth_sigma_px: float = 1.0
     invert: bool = False
-    background_sigma_px: float | None = None
+    background_width_px: float | None = None
     radius_px: float | None = None
     min_distance_factor: float = 1.0
     distance_smooth_factor: float = 0.15
@@ -70,8 +70,8 @@ class ClassicalSettings:
         checks = [
             (self.smooth_sigma_px >= 0, "smooth_sigma_px must be ≥ 0"),
             (
-                self.background_sigma_px is None or self.background_sigma_px > 0,
-                "background_sigma_px must be > 0 or None",
+                self.background_width_px is None or self.background_width_px > 0,
+                "background_width_px must be > 0 or None",
             ),
             (self.radius_px is None or self.radius_px > 0, "radius_px must be > 0 or None"),
             (self.min_distance_factor > 0, "min_distance_factor must be > 0"),
@@ -160,35 +160,54 @@ def particle_signal(image: np.ndarray, settings: ClassicalSettings) -> np.ndarra
     signal = signal if settings.invert else -signal
     if settings.smooth_sigma_px > 0:
         signal = ndimage.gaussian_filter(signal, settings.smooth_sigma_px)
-    if settings.background_sigma_px is not None:
-        signal = signal - smooth_background(signal, settings.background_sigma_px)
+    if settings.background_width_px is not None:
+        signal = signal - opening_background(signal, settings.background_width_px)
     return signal
 
 
-def smooth_background(image: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Gaussian blur of ``image`` with a large sigma (px), computed on a coarser grid.
+# Box smoothing of the opening, as a share of its footprint. Chosen on the training half of
+# stem_boxes (never trained on): count error mean / median of the network 0.91 / 0.47 and of
+# the baseline 0.62 / 0.63 at 0.3, against 0.88 / 0.47 and 0.71 / 0.80 at 1.0 and 0.94 / 0.53
+# and 0.64 / 0.75 without smoothing.
+SMOOTHING_SHARE = 0.3
 
-    A direct blur with sigma ~60 px costs seconds on a 2048² image. The background is smooth
-    on the scale of sigma, so the image is box-averaged and decimated by sigma/4, blurred
-    there, and interpolated back (bilinear, pixel centres aligned); the difference from the
-    direct blur is a small fraction of the image's contrast.
+
+def opening_background(image: np.ndarray, width_px: float) -> np.ndarray:
+    """The background under bright particles: a grey opening, smoothed (float32, same shape).
+
+    An opening (erosion, then dilation) with a square footprint ``width_px`` wide removes
+    every bright feature narrower than the footprint, particles included, and keeps the wider
+    support (silica spheres, carbon clumps) and slow illumination changes; ``image − opening``
+    is the white top-hat. The opening is box-smoothed over ``SMOOTHING_SHARE`` of the width
+    so its flat-topped steps do not print into the result; so vacuum next to a bright support
+    is pulled below its level only over a rim that wide (about 3 px for a 24-px footprint),
+    where subtracting a Gaussian blur of comparable scale (σ = width/3) pulls it down over the
+    blur's whole tail (about 15 px) — dark rims that, inverted for the network, looked like
+    particles in HAADF images of supported catalysts (``stem_boxes``).
+
+    For speed it runs on the image box-averaged and decimated by width/16 and is interpolated
+    back (bilinear, pixel centres aligned): the background is smooth on that scale.
 
     Args:
-        image: 2-D float image.
-        sigma_px: Gaussian sigma (px).
+        image: 2-D float image with bright particles.
+        width_px: Footprint width (px); several particle diameters.
 
     Returns:
-        The blurred image, float32, same shape.
+        The background, float32, same shape.
     """
     image = np.asarray(image, dtype=np.float32)
-    step = int(sigma_px // 4)
-    if step < 2:
-        return ndimage.gaussian_filter(image, sigma_px)
+    step = max(1, int(width_px // 16))
+    size = max(3, round(width_px / step) | 1)  # odd, so the footprint is centred
     # Box average over the step before decimating, so no fine detail aliases into the result.
     coarse = ndimage.uniform_filter(image, step, mode="nearest")[
         step // 2 :: step, step // 2 :: step
     ]
-    coarse = ndimage.gaussian_filter(coarse, sigma_px / step, mode="nearest")
+    coarse = ndimage.grey_opening(coarse, size=(size, size), mode="nearest")
+    smooth = round(size * SMOOTHING_SHARE)
+    if smooth >= 2:
+        coarse = ndimage.uniform_filter(coarse, smooth, mode="nearest")
+    if step == 1:
+        return coarse
     # Coarse sample i sits at pixel step//2 + i·step of the full image.
     rows = (np.arange(image.shape[0], dtype=np.float32) - step // 2) / step
     cols = (np.arange(image.shape[1], dtype=np.float32) - step // 2) / step
