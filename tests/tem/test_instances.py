@@ -134,6 +134,16 @@ def test_drop_small_renumbers():
     np.testing.assert_array_equal(drop_small(labels, 2), [[0, 1, 1, 1], [0, 0, 2, 2]])
 
 
+def test_drop_small_keeps_edge_fragments_down_to_their_own_limit():
+    labels = np.zeros((8, 8), dtype=np.int32)
+    labels[0, 2:4] = 1  # a 2-px fragment on the edge
+    labels[4, 3:5] = 2  # a 2-px speck inside
+    labels[3:6, 6:8] = 3  # a 6-px particle on the edge
+    kept = drop_small(labels, 4, edge_min_area_px=2)
+    assert kept[0, 2] == 1 and kept[4, 3] == 0 and kept[3, 6] == 2
+    assert not drop_small(labels, 4)[0, 2]  # without the edge limit the fragment goes too
+
+
 def normalised_distance(labels: np.ndarray) -> np.ndarray:
     """Distance to the background divided by each instance's largest distance (1 at centres)."""
     distance = np.zeros(labels.shape)

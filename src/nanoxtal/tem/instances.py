@@ -103,18 +103,25 @@ def border_flags(labels: np.ndarray, size: int | None = None) -> np.ndarray:
     return flags
 
 
-def drop_small(labels: np.ndarray, min_area_px: float) -> np.ndarray:
+def drop_small(
+    labels: np.ndarray, min_area_px: float, edge_min_area_px: float | None = None
+) -> np.ndarray:
     """Labels with instances of fewer than ``min_area_px`` pixels set to 0, renumbered 1..n.
 
     Args:
         labels: Non-negative integer label image, 0 = background.
         min_area_px: Least area to keep (px²).
+        edge_min_area_px: Least area of an instance touching the image edge (px²); None: the
+            same as the others. The edge cuts particles into fragments of any size, so a
+            fragment's area does not tell it from a speck as an interior instance's does.
 
     Returns:
         int32 labels 1..n (order of the original ids kept), 0 = background.
     """
     areas = np.bincount(labels.ravel())
     keep = areas >= min_area_px
+    if edge_min_area_px is not None:
+        keep |= border_flags(labels, areas.size) & (areas >= edge_min_area_px)
     keep[0] = False
     lookup = np.zeros(areas.size, dtype=np.int32)
     lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)

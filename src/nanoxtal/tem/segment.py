@@ -53,6 +53,13 @@ class SegmentSettings:
             π·r² are dropped too (r: ``estimate_radius`` of the predicted foreground), as in
             the classical baseline: slivers and specks, not particles. On the training half
             of msa_em, 0.1 raised AP50 from 0.70 to 0.81.
+        edge_area_share: Instances touching the image edge are kept down to this share of
+            the least area above (never below ``min_area_px``): the edge cuts particles into
+            fragments of any size, and the truth counts them. On the training half of
+            msa_em (~15 particles of 60 px per image, half cut by the edge) 0.3 raised AP50
+            from 0.84 to 0.87 and cut the count error from 0.14 to 0.09, AP75 0.68 → 0.66
+            (0.6: 0.86, 0.12, 0.67; any size: 0.82, 0.06, 0.62); au_monolayer unchanged,
+            stem_boxes' count error 0.91 → 0.92. Measurements leave edge particles out.
         distance_smooth_px: Least Gaussian smoothing of the predicted distance map (px)
             before markers are sought (``watershed_instances``).
         distance_smooth_factor: Smoothing relative to the typical particle radius r:
@@ -83,6 +90,7 @@ class SegmentSettings:
     boundary_threshold: float = 0.5
     min_area_px: int = 8
     min_area_factor: float = 0.1
+    edge_area_share: float = 0.3
     distance_smooth_px: float = 2.0
     distance_smooth_factor: float = 0.2
     tile_px: int = 1024
@@ -196,7 +204,5 @@ def instances_from_maps(maps: Mapping[str, np.ndarray], settings: SegmentSetting
     )
     if settings.min_area_factor <= 0:
         return labels
-    return drop_small(
-        labels,
-        max(settings.min_area_px, settings.min_area_factor * math.pi * radius**2),
-    )
+    least = max(settings.min_area_px, settings.min_area_factor * math.pi * radius**2)
+    return drop_small(labels, least, max(settings.min_area_px, settings.edge_area_share * least))
