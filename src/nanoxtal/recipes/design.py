@@ -30,7 +30,7 @@ from nanoxtal.recipes.clean import (
     TIME_RANGE_MIN,
     normalise_name,
 )
-from nanoxtal.recipes.evaluate import baseline
+from nanoxtal.recipes.evaluate import baseline, size_spread
 from nanoxtal.recipes.featurize import Featurizer, featurize_evaluated
 
 LIST_SEPARATOR = ";"
@@ -249,9 +249,6 @@ class RecipeForest:
     def predict(self, table: pd.DataFrame, registry: Registry) -> pd.DataFrame:
         """Size (nm) with the trees' spread and shape probabilities of tidy recipes."""
         x = Featurizer(registry, self.vocabulary).transform(table).to_numpy(dtype=float)
-        # The size forest learns log size: the prediction is exp(mean of the trees), and the
-        # spread is that of the trees' sizes in nm.
-        per_tree = np.exp(np.stack([tree.predict(x) for tree in self.size.regressor_.estimators_]))
         probabilities = self.shape.predict_proba(x)
         names = [self.shape_names[int(c)] for c in self.shape.classes_]
         result = pd.DataFrame(
@@ -259,7 +256,7 @@ class RecipeForest:
                 "recipe_id": table["recipe_id"].to_numpy(),
                 "product": table["product"].to_numpy(),
                 "predicted_size_nm": self.size.predict(x),
-                "predicted_size_std_nm": per_tree.std(axis=0),
+                "predicted_size_std_nm": size_spread(self.size, x),
                 "predicted_shape": [names[i] for i in probabilities.argmax(axis=1)],
                 "shape_probability": probabilities.max(axis=1),
             }

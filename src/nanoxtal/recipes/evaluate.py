@@ -126,6 +126,18 @@ def baseline(name: str, task: str, seed: int, threads: int = 1, trees: int = 300
     return TransformedTargetRegressor(regressor(**options), func=np.log, inverse_func=np.exp)
 
 
+def size_spread(regressor, x: np.ndarray) -> np.ndarray:
+    """Spread (standard deviation, nm) of a fitted size forest's trees; NaN for boosting.
+
+    The forests of ``baseline`` learn log size, so each tree's answer is taken back to nm
+    before the spread is computed.
+    """
+    trees = getattr(regressor.regressor_, "estimators_", None)
+    if trees is None:
+        return np.full(len(x), np.nan)
+    return np.exp(np.stack([tree.predict(x) for tree in trees])).std(axis=0)
+
+
 def cross_validate(
     table: pd.DataFrame,
     features: pd.DataFrame,
@@ -157,7 +169,8 @@ def cross_validate(
 
     Returns:
         One row per test prediction: ``recipe_id``, ``fold``, ``size_nm``,
-        ``predicted_size_nm``, ``shape_class``, ``predicted_shape_class``.
+        ``predicted_size_nm``, ``predicted_size_std_nm`` (``size_spread``), ``shape_class``,
+        ``predicted_shape_class``.
     """
     x = features.to_numpy(dtype=float)
     size = table["size_nm"].to_numpy(dtype=float)
@@ -183,6 +196,7 @@ def cross_validate(
                     "fold": fold.name,
                     "size_nm": size[fold.test],
                     "predicted_size_nm": regressor.predict(test),
+                    "predicted_size_std_nm": size_spread(regressor, test),
                     "shape_class": shape[fold.test],
                     "predicted_shape_class": classifier.predict(test),
                 }
