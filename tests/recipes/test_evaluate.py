@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nanoxtal.recipes.cli import BASELINE_NAMES
+from nanoxtal.recipes.cli import BASELINE_NAMES, FOREST_NAMES
+from nanoxtal.recipes.design import FORESTS
 from nanoxtal.recipes.evaluate import (
     BASELINES,
     baseline,
@@ -81,8 +82,9 @@ def test_baselines_learn_a_size_that_a_feature_decides(model):
         assert 0 < scores["size_within_2std"] <= 1
 
 
-def test_cli_offers_exactly_the_baselines():
+def test_cli_offers_exactly_the_baselines_and_forests():
     assert BASELINE_NAMES == BASELINES
+    assert FOREST_NAMES == FORESTS and set(FORESTS) <= set(BASELINES)
 
 
 @pytest.mark.parametrize("model", BASELINES)

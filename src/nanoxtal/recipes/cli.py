@@ -128,8 +128,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{augmented['source_id'].nunique()} recipes "
             f"(expansion {metrics['augmentation']['expansion_factor']:.2f}x)"
         )
-        augmented_features = featurizer.transform(augmented)
-        variants.append(("+intermediates", augmented, augmented_features))
+        variants.append(("+intermediates", augmented, featurizer.transform(augmented)))
     else:
         augmented = table.iloc[:0].assign(source_id=[], reactions=[])  # none: an empty table
     if args.augmented is not None:
@@ -197,32 +196,32 @@ def _evaluate(args: argparse.Namespace) -> int:
                         f"shape, {label}, {protocol} {args.folds}-fold",
                         figures / f"shape_confusion_{label}_{protocol}.png",
                     )
-        if model != "transformer" and args.augment in ("on", "compare"):
-            # The reference's figures are reproduced by this leaky protocol, not by ours.
-            pooled = leaky_reference(
-                table,
-                features,
-                augmented,
-                augmented_features,
-                model,
-                args.folds,
-                args.seed,
-                args.threads,
-                args.trees,
-            )
-            for rows, scores in (
-                ("original", summarise(pooled[pooled["original"]])),
-                ("all", summarise(pooled)),
-            ):
-                metrics |= {f"leaky/{model}/{rows}/{k}": v for k, v in scores.items()}
-            print(
-                f"{model} leaky (augmented before the split, diagnostic): "
-                + ", ".join(
-                    f"{k} {metrics[f'leaky/{model}/original/{k}']:.3f}"
-                    for k in ("size_mae_nm", "shape_accuracy")
-                ),
-                flush=True,
-            )
+            if extra is not None and model != "transformer":
+                # The reference's figures are reproduced by this leaky protocol, not by ours.
+                pooled = leaky_reference(
+                    table,
+                    features,
+                    extra,
+                    extra_features,
+                    model,
+                    args.folds,
+                    args.seed,
+                    args.threads,
+                    args.trees,
+                )
+                for rows, scores in (
+                    ("original", summarise(pooled[pooled["original"]])),
+                    ("all", summarise(pooled)),
+                ):
+                    metrics |= {f"leaky/{model}/{rows}/{k}": v for k, v in scores.items()}
+                print(
+                    f"{model} leaky (augmented before the split, diagnostic): "
+                    + ", ".join(
+                        f"{k} {metrics[f'leaky/{model}/original/{k}']:.3f}"
+                        for k in ("size_mae_nm", "shape_accuracy")
+                    ),
+                    flush=True,
+                )
     with atomic_write(args.predictions) as partial:
         pd.concat(predictions, ignore_index=True).to_parquet(partial, index=False)
     with atomic_write(args.out) as partial:
