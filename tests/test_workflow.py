@@ -222,12 +222,15 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
         "rruff_heldout/nearest_neighbour/space_group_accuracy",
         "rruff_heldout/xrdnet/synthetic/crystal_system_accuracy",
         "rruff_heldout/xrdnet/finetuned/space_group_top5_accuracy",
+        "rruff_heldout/xrdnet/finetuned+library/space_group_accuracy",
         "mp_test/xrdnet/space_group_macro_f1",
     ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert (workdir / "results" / "xrd" / "models" / "best.ckpt").is_file()
+    assert (workdir / "results" / "xrd" / "models" / "library.npz").is_file()
     predictions = pd.read_csv(workdir / "results" / "xrd" / "predictions" / "measured.csv")
     assert len(predictions) == 8  # the autoanalyzer .xy files of the test config
+    assert predictions["library_similarity"].between(-1, 1).all()  # searched in the library
     tem = json.loads((workdir / "results" / "tem" / "metrics.json").read_text())
     assert tem["sophon_example/test_images"] == ["1-0001_16"] and tem["split_seed"] == 42
     for method in ("model", "baseline"):

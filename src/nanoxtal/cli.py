@@ -298,7 +298,7 @@ def _xrd_finetune(args: argparse.Namespace) -> int:
         settings_from(FinetuneSettings, args.settings, "XRD fine-tuning"),
         _trainer_settings(args),
     )
-    print(f"fine-tuned model: {published}")
+    print(f"fine-tuned model: {published}; pattern library: {args.out_dir / 'library.npz'}")
     return EXIT_OK
 
 
@@ -336,13 +336,21 @@ def _xrd_evaluate(args: argparse.Namespace) -> int:
 
 def _xrd_predict(args: argparse.Namespace) -> int:
     from nanoxtal.xrd.evaluate import predict_files
+    from nanoxtal.xrd.library import LibraryError, load_library
     from nanoxtal.xrd.module import load_classifier
 
     if not args.model.is_file():
         _error(f"model {args.model} not found: train one (snakemake) or give --model")
         return EXIT_FAILED
+    library = None
+    if args.library is not None:
+        try:
+            library = load_library(args.library)
+        except LibraryError as error:
+            _error(str(error))
+            return EXIT_FAILED
     table, errors = predict_files(
-        load_classifier(args.model), args.inputs, args.wavelength, args.min_confidence
+        load_classifier(args.model), args.inputs, args.wavelength, args.min_confidence, library
     )
     for message in errors:
         _error(message)
@@ -410,6 +418,11 @@ def _add_xrd_model_commands(verbs: argparse._SubParsersAction) -> None:
         type=float,
         default=0.0,
         help="mark predictions with a lower space-group probability abstained",
+    )
+    predict.add_argument(
+        "--library",
+        type=Path,
+        help="labelled measured patterns searched beside the model (library.npz of finetune)",
     )
     predict.set_defaults(func=_xrd_predict)
 

@@ -193,6 +193,7 @@ def test_workflow_on_slurm_survives_a_killed_job_and_finishes_on_rerun(
         "xrd/xrdnet/finetune/models/best.ckpt",
         "xrd/metrics.json",
         "xrd/models/best.ckpt",
+        "xrd/models/library.npz",
         "xrd/predictions/measured.csv",
         "recipes/recipes.parquet",
         "recipes/chemicals.json",

@@ -207,3 +207,47 @@ def test_default_augmentation_renders_a_batch_of_real_patterns():
     assert out.shape == (4, 8500)
     assert torch.all(out >= 0) and torch.allclose(out.amax(dim=1), torch.ones(4))
     assert not torch.allclose(out[0], out[1])
+
+
+def _copies(n: int):
+    """A batch of ``n`` one-peak patterns (d = 2 Å)."""
+    peak = (np.array([2.0]), np.array([100.0]), np.array([[1, 0, 0]]))
+    return make_batch([peak] * n, [np.eye(3) * 2.0] * n, [6] * n)
+
+
+def _implied_counts(patterns: torch.Tensor, far: torch.Tensor) -> np.ndarray:
+    """Counts at the maximum that Poisson noise of the flat background implies, per pattern."""
+    flat = patterns[:, far].double()
+    variance = flat.diff(dim=1).var(dim=1) / 2  # differences cancel the slow background shape
+    return (flat.mean(dim=1) / variance).numpy()
+
+
+def test_counting_noise_follows_the_counts_and_is_drawn_log_uniformly():
+    batch = _copies(256)
+    x = GRID.values()
+    far = (x - bragg(2.0)).abs() > 3
+    generator = torch.Generator().manual_seed(0)
+    fixed = Renderer()(batch, only(background=(0.1, 0.1), peak_counts=(300.0, 300.0)), generator)
+    assert np.median(_implied_counts(fixed, far)) == pytest.approx(300, rel=0.15)
+    spread = Renderer()(batch, only(background=(0.1, 0.1), peak_counts=(10.0, 1e4)), generator)
+    implied = _implied_counts(spread, far)
+    # Log-uniform: the median draw is near the geometric mean (316), far below a uniform
+    # draw's 5,000; and a quarter of the patterns lie in each decade's quarter of the log range.
+    assert 200 < np.median(implied) < 500
+    assert 0.15 < np.mean(implied < 10 ** (1 + 0.75)) < 0.35
+
+
+def test_default_counting_noise_is_as_noisy_as_measured_rruff():
+    batch = _copies(128)
+    x = GRID.values()
+    far = (x - bragg(2.0)).abs() > 3
+    patterns = Renderer()(
+        batch,
+        only(background=(0.05, 0.05), peak_counts=Augmentation().peak_counts),
+        torch.Generator().manual_seed(1),
+    )
+    implied = _implied_counts(patterns, far)
+    # The RRUFF fine-tune part's 10th / 50th / 90th percentiles: 51 / 241 / 682 counts.
+    assert np.percentile(implied, 10) < 80
+    assert 150 < np.median(implied) < 400
+    assert np.percentile(implied, 90) < 2000

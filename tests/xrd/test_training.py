@@ -93,8 +93,13 @@ def test_train_finetune_predict_round_trip(tmp_path, tiny_tables, tiny_measured)
     assert not set(split["finetune_rows"]) & set(split["held_out_rows"])
     assert len(split["finetune_rows"]) + len(split["held_out_rows"]) == 48
     calibration = json.loads((tmp_path / "xrdnet" / "finetune" / "calibration.json").read_text())
-    # Calibrated on fine-tune rows only, and the temperatures travel with the checkpoint.
-    assert set(calibration["rows"]) <= set(split["finetune_rows"])
+    # Calibrated on out-of-fold predictions of every fine-tune row (never a held-out one), by
+    # one fine-tune per fold; the temperatures travel with the checkpoint.
+    assert sorted(calibration["rows"]) == sorted(split["finetune_rows"])
+    assert "3 cross-fitted" in calibration["method"]
+    folds = tmp_path / "xrdnet" / "finetune" / "crossfit"
+    assert sorted(p.name for p in folds.iterdir()) == ["fold0", "fold1", "fold2"]
+    assert all((folds / f"fold{k}" / "models" / "best.ckpt").is_file() for k in range(3))
     assert calibration["temperature_space_group"] != 1.0
     assert load_classifier(tuned).temperature.tolist() == pytest.approx(
         [calibration["temperature_crystal_system"], calibration["temperature_space_group"]]
@@ -208,6 +213,8 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
     assert metrics["rruff_heldout_size"] == 24 and metrics["rruff_finetune_size"] == 24
     # Every held-out crystal has three sibling renders in the fine-tune part: the lookup floor.
     assert metrics["rruff_heldout/nearest_neighbour/space_group_accuracy"] > 0.5
+    # The library's close matches carry the (barely trained) model to the floor's level.
+    assert metrics["rruff_heldout/tiny/finetuned+library/space_group_accuracy"] > 0.5
     for key in (
         "rruff_heldout/tiny/finetuned/space_group_accuracy",
         "mp_test/tiny/crystal_system_accuracy",
@@ -236,17 +243,19 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
         "p_crystal_system",
         "p_space_group",
     ]
-    assert (
-        main(
-            [
-                "xrd",
-                "predict",
-                str(tiny_measured),
-                "--model",
-                str(tmp_path / "no.ckpt"),
-                "--out",
-                str(out),
-            ]
+    library = tmp_path / "m" / "ft" / "library.npz"
+    with_library = tmp_path / "with_library.csv"
+
+    def predict(model, out, *extra):
+        return main(
+            ["xrd", "predict", str(tiny_measured), "--model", str(model), "--out", str(out), *extra]
         )
-        == 1
-    )
+
+    assert predict(tuned, with_library, "--library", str(library)) == 0
+    # The fine-tune patterns are in the library: each finds itself, and its labels win.
+    rows = json.loads((tmp_path / "m" / "ft" / "split.json").read_text())["finetune_rows"]
+    found = pd.read_csv(with_library).iloc[rows]
+    assert found["library_similarity"].to_numpy() == pytest.approx(1.0, abs=1e-5)
+    assert (found["space_group"] == found["library_space_group"]).all()
+    assert predict(tuned, out, "--library", str(tmp_path / "none.npz")) == 1
+    assert predict(tmp_path / "no.ckpt", out) == 1

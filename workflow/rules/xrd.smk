@@ -127,6 +127,7 @@ rule xrd_finetune:
         measured=dataset_dir("xrd_rruff"),
     output:
         "results/xrd/{arch}/finetune/models/best.ckpt",
+        library="results/xrd/{arch}/finetune/library.npz",
     params:
         measured=lambda wildcards, input: f"{input.measured}/rruff_dev.npz",
         out_dir=lambda wildcards, output: Path(output[0]).parent.parent,
@@ -206,21 +207,25 @@ rule xrd_evaluate:
 
 rule xrd_publish:
     input:
-        expand(rules.xrd_finetune.output[0], arch=config["xrd"]["primary"]),
+        model=expand(rules.xrd_finetune.output[0], arch=config["xrd"]["primary"]),
+        library=expand(rules.xrd_finetune.output.library, arch=config["xrd"]["primary"]),
     output:
-        "results/xrd/models/best.ckpt",
+        model="results/xrd/models/best.ckpt",
+        library="results/xrd/models/library.npz",
     log:
         "logs/xrd/publish.log",
     localrule: True
     conda:
         "../../envs/xrd.yaml"
     shell:
-        "cp {input:q} {output:q} > {log:q} 2>&1"
+        "(cp {input.model:q} {output.model:q} && cp {input.library:q} {output.library:q})"
+        " > {log:q} 2>&1"
 
 
 rule xrd_predict_measured:
     input:
-        model=rules.xrd_publish.output[0],
+        model=rules.xrd_publish.output.model,
+        library=rules.xrd_publish.output.library,
         patterns=[dataset_dir(name) for name in XRD_MEASURED if name in DATASET_NAMES],
     output:
         report(
@@ -235,4 +240,4 @@ rule xrd_predict_measured:
         "../../envs/xrd.yaml"
     shell:
         "nanoxtal xrd predict $(find {input.patterns:q} -name '*.xy' -o -name '*.xrdml' | sort)"
-        " --model {input.model:q} --out {output:q} > {log:q} 2>&1"
+        " --model {input.model:q} --library {input.library:q} --out {output:q} > {log:q} 2>&1"

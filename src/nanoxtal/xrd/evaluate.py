@@ -22,6 +22,7 @@ from nanoxtal.metrics import (
 from nanoxtal.plots import attribution_figure, confusion_figure, reliability_figure
 from nanoxtal.xrd.datamodule import RenderCollate, XrdDataModule
 from nanoxtal.xrd.io import PatternReadError, read_patterns, to_grid
+from nanoxtal.xrd.library import Library, build_library, library_probabilities
 from nanoxtal.xrd.module import XrdClassifier, load_classifier
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS
 from nanoxtal.xrd.render import Augmentation, Grid
@@ -43,13 +44,6 @@ PREDICTION_COLUMNS = (
     "p_crystal_system",
     "p_space_group",
 )
-
-
-def nearest_neighbour(reference: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Row of ``reference`` with the highest cosine similarity to each query."""
-    a = reference / np.linalg.norm(reference, axis=1, keepdims=True).clip(1e-12)
-    b = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
-    return np.argmax(b @ a.T, axis=1)
 
 
 @torch.no_grad()
@@ -96,6 +90,15 @@ def scores(
         "space_group_macro_f1": macro_f1(space_group, sg_pred),
         "crystal_system_ece": expected_calibration_error(crystal_system, p_crystal_system),
         "space_group_ece": expected_calibration_error(space_group, p_space_group, offset=1),
+    }
+
+
+def coverage_scores(space_group: np.ndarray, p_space_group: np.ndarray) -> dict[str, float]:
+    """Space-group accuracy on the most confident shares (``accuracy_at_coverage``)."""
+    correct = p_space_group.argmax(1) + 1 == space_group
+    return {
+        f"space_group_{key}": value
+        for key, value in accuracy_at_coverage(correct, p_space_group.max(1)).items()
     }
 
 
@@ -186,7 +189,9 @@ def evaluate_models(
         "rruff_heldout_size": len(held),
     }
     matrices: dict[str, np.ndarray] = {}
-    nearest = tune[nearest_neighbour(patterns[tune], patterns[held])]
+    library = build_library(patterns[tune], cs[tune], sg[tune])
+    match = library.match(patterns[held])
+    nearest = tune[match["row"]]
     metrics["rruff_heldout/nearest_neighbour/crystal_system_accuracy"] = accuracy(
         cs[held], cs[nearest]
     )
@@ -213,6 +218,11 @@ def evaluate_models(
             p_cs, p_sg = probabilities(model, patterns[held])
             for key, value in scores(cs[held], sg[held], p_cs, p_sg).items():
                 metrics[f"rruff_heldout/{name}/{variant}/{key}"] = value
+            mixed = library_probabilities(match, p_cs, p_sg)
+            for key, value in scores(cs[held], sg[held], *mixed).items():
+                metrics[f"rruff_heldout/{name}/{variant}+library/{key}"] = value
+            for key, value in coverage_scores(sg[held], mixed[1]).items():
+                metrics[f"rruff_heldout/{name}/{variant}+library/{key}"] = value
             raw_sg = uncalibrated_space_group(model, patterns[held])
             prefix = f"rruff_heldout/{name}/{variant}"
             metrics[f"{prefix}/temperature_crystal_system"] = float(model.temperature[0])
@@ -229,9 +239,8 @@ def evaluate_models(
                     f"{name} ({variant}): space group, RRUFF held-out",
                     Path(figures) / f"reliability_{name}_{variant}.png",
                 )
-            correct = p_sg.argmax(1) + 1 == sg[held]
-            for key, value in accuracy_at_coverage(correct, p_sg.max(1)).items():
-                metrics[f"rruff_heldout/{name}/{variant}/space_group_{key}"] = value
+            for key, value in coverage_scores(sg[held], p_sg).items():
+                metrics[f"rruff_heldout/{name}/{variant}/{key}"] = value
             matrices[f"rruff_heldout_{name}_{variant}_crystal_system"] = confusion(
                 cs[held], p_cs.argmax(1), N_CRYSTAL_SYSTEMS
             )
@@ -344,6 +353,7 @@ def predict_files(
     inputs: list[Path],
     assumed_wavelength: float | None = None,
     min_confidence: float = 0.0,
+    library: Library | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Predict every pattern of every input file; unreadable files are reported, not fatal.
 
@@ -352,11 +362,14 @@ def predict_files(
         inputs: Pattern files (any format ``read_patterns`` knows).
         assumed_wavelength: Wavelength (Å) of files that do not state theirs.
         min_confidence: Below this space-group probability the prediction is marked abstained.
+        library: Labelled measured patterns searched beside the model
+            (``nanoxtal.xrd.library``): a close match shifts the probabilities to its labels.
 
     Returns:
         One row per pattern (``source, index, crystal_system, space_group, p_crystal_system,
-        p_space_group``, top-5 space groups with probabilities, coverage, abstained) and the
-        error messages of the files that could not be read.
+        p_space_group``, top-5 space groups with probabilities, coverage, abstained; with a
+        library also its nearest pattern's space group and cosine similarity) and the error
+        messages of the files that could not be read.
     """
     rows, errors, grids = [], [], []
     for path in inputs:
@@ -371,7 +384,14 @@ def predict_files(
             rows.append({"source": pattern.source, "index": pattern.index, "coverage": coverage})
     if not rows:
         return pd.DataFrame(), errors
-    p_cs, p_sg = probabilities(model, np.stack(grids))
+    grids = np.stack(grids)
+    p_cs, p_sg = probabilities(model, grids)
+    if library is not None:
+        match = library.match(grids)
+        p_cs, p_sg = library_probabilities(match, p_cs, p_sg)
+        for i, row in enumerate(rows):
+            row["library_space_group"] = int(match["space_group"][i])
+            row["library_similarity"] = float(match["similarity"][i])
     top = np.argsort(-p_sg, axis=1)[:, :5]
     for i, row in enumerate(rows):
         row["crystal_system"] = CRYSTAL_SYSTEMS[int(p_cs[i].argmax())]

@@ -216,23 +216,12 @@ def load_classifier(checkpoint: Path | str, map_location: str = "cpu") -> XrdCla
     return model.eval()
 
 
-def calibrate_checkpoint(
-    checkpoint: Path | str,
-    patterns: torch.Tensor,
-    crystal_system: torch.Tensor,
-    space_group: torch.Tensor,
-) -> tuple[float, float]:
-    """Calibrate a saved classifier and store its temperatures in the checkpoint.
+def store_temperatures(checkpoint: Path | str, temperatures: tuple[float, float]) -> None:
+    """Write the crystal-system and space-group temperatures into a saved classifier.
 
-    The temperatures come from ``XrdClassifier.calibrate``; the file is replaced atomically.
-
-    Returns:
-        The crystal-system and space-group temperatures.
+    The file is replaced atomically; ``predict_proba`` of the reloaded model uses them.
     """
-    model = load_classifier(checkpoint)
-    temperatures = model.calibrate(patterns, crystal_system, space_group)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state["state_dict"]["temperature"] = model.temperature.detach().cpu().clone()
+    state["state_dict"]["temperature"] = torch.tensor(temperatures, dtype=torch.float32)
     with atomic_write(checkpoint) as partial:
         torch.save(state, partial)
-    return temperatures

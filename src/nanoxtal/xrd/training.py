@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -16,11 +16,13 @@ from nanoxtal.files import atomic_write
 from nanoxtal.train import TrainerSettings, fit, run_key, seed_run
 from nanoxtal.xrd.datamodule import MeasuredDataModule, XrdDataModule
 from nanoxtal.xrd.io import read_patterns, to_grid
+from nanoxtal.xrd.library import build_library
 from nanoxtal.xrd.module import (
     XrdClassifier,
-    calibrate_checkpoint,
     class_weights,
+    fit_temperature,
     load_classifier,
+    store_temperatures,
 )
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS, N_SPACE_GROUPS, build_net
 
@@ -130,13 +132,25 @@ def rruff_split(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
-def measured_set(path: Path | str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class MeasuredSet(NamedTuple):
+    """Labelled measured patterns on the model grid."""
+
+    patterns: np.ndarray
+    crystal_system: np.ndarray
+    space_group: np.ndarray
+
+    def subset(self, rows: np.ndarray) -> MeasuredSet:
+        """The given rows."""
+        return MeasuredSet(self.patterns[rows], self.crystal_system[rows], self.space_group[rows])
+
+
+def measured_set(path: Path | str) -> MeasuredSet:
     """Patterns of an ``.npz`` archive on the model grid, with their two labels."""
     patterns = read_patterns(path)
     grid = np.stack([to_grid(p)[0] for p in patterns])
     crystal_system = np.array([p.labels["crystal_system"] for p in patterns])
     space_group = np.array([p.labels["space_group"] for p in patterns])
-    return grid, crystal_system, space_group
+    return MeasuredSet(grid, crystal_system, space_group)
 
 
 @dataclass(frozen=True)
@@ -148,12 +162,86 @@ class FinetuneSettings:
         validation_share: Share of the fine-tune part that validates (early model choice).
         lr: Learning rate.
         batch_size: Patterns per batch.
+        calibration_folds: Cross-fitted calibration: the fine-tune part is cut into this many
+            folds, each predicted by a fine-tune on the others, and the temperatures are fitted
+            on all those out-of-fold predictions (0 or 1: on the validation rows only, a tenth
+            of the part).
     """
 
     fraction: float = 0.5
     validation_share: float = 0.1
     lr: float = 3e-4
     batch_size: int = 32
+    calibration_folds: int = 3
+
+
+def _finetune_rows(
+    checkpoint: Path | str,
+    measured: MeasuredSet,
+    stage_dir: Path | str,
+    settings: FinetuneSettings,
+    trainer: TrainerSettings,
+    key: str,
+) -> Path:
+    """Fine-tune ``checkpoint`` on measured patterns; a seeded ``validation_share`` validates.
+
+    Returns:
+        The published checkpoint, ``<stage_dir>/models/best.ckpt`` (uncalibrated).
+    """
+    seed_run(trainer)
+    count = len(measured.patterns)
+    train_rows = np.setdiff1d(np.arange(count), validation_rows(count, settings, trainer.seed))
+    data = MeasuredDataModule(*measured, train_rows, settings.batch_size, trainer.seed)
+    module = load_classifier(checkpoint)
+    module.hparams.lr = settings.lr
+    module.train()
+    return fit(module, data, stage_dir, trainer, key)
+
+
+def validation_rows(count: int, settings: FinetuneSettings, seed: int) -> np.ndarray:
+    """Rows (of ``count`` fine-tune patterns) that ``_finetune_rows`` validates on."""
+    order = np.random.default_rng(seed + 1).permutation(count)
+    return np.sort(order[: max(1, round(settings.validation_share * count))])
+
+
+@torch.no_grad()
+def _logits(checkpoint: Path | str, patterns: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    model = load_classifier(checkpoint)
+    return model(torch.as_tensor(patterns, dtype=torch.float32))
+
+
+def crossfit_logits(
+    checkpoint: Path | str,
+    measured: MeasuredSet,
+    stage_dir: Path | str,
+    settings: FinetuneSettings,
+    trainer: TrainerSettings,
+    key: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Out-of-fold logits of every pattern: each fold is predicted by a fine-tune on the others.
+
+    Fold runs live in ``<stage_dir>/crossfit/fold<k>``; folds are seeded by ``trainer.seed``.
+
+    Returns:
+        Crystal-system (N, 7) and space-group (N, 230) logits at temperature 1.
+    """
+    count = len(measured.patterns)
+    folds = np.array_split(
+        np.random.default_rng(trainer.seed + 2).permutation(count), settings.calibration_folds
+    )
+    cs_logits = torch.zeros(count, N_CRYSTAL_SYSTEMS)
+    sg_logits = torch.zeros(count, N_SPACE_GROUPS)
+    for k, fold in enumerate(folds):
+        tuned = _finetune_rows(
+            checkpoint,
+            measured.subset(np.setdiff1d(np.arange(count), fold)),
+            Path(stage_dir) / "crossfit" / f"fold{k}",
+            settings,
+            trainer,
+            f"{key}-fold{k}",
+        )
+        cs_logits[fold], sg_logits[fold] = _logits(tuned, measured.patterns[fold])
+    return cs_logits, sg_logits
 
 
 def finetune_classifier(
@@ -166,30 +254,18 @@ def finetune_classifier(
     """Fine-tune a trained classifier on the fine-tune part of a labelled measured set.
 
     The held-out part (``rruff_split``) is never seen: validation comes from a further split of
-    the fine-tune part, which also calibrates the probabilities (temperature scaling, stored in
-    the published checkpoint and ``<stage_dir>/calibration.json``). The split is written to
-    ``<stage_dir>/split.json``.
+    the fine-tune part. The probabilities are calibrated by temperature scaling on
+    out-of-fold predictions of the whole fine-tune part (``crossfit_logits``; or on the
+    validation rows alone), stored in the published checkpoint and
+    ``<stage_dir>/calibration.json``. The split is written to ``<stage_dir>/split.json``, and
+    the whole fine-tune part as a pattern library searched beside the model
+    (``nanoxtal.xrd.library``) to ``<stage_dir>/library.npz``.
 
     Returns:
         The published fine-tuned checkpoint, ``<stage_dir>/models/best.ckpt``.
     """
-    seed_run(trainer)
-    patterns, crystal_system, space_group = measured_set(measured)
-    tune_rows, held_out = rruff_split(len(patterns), settings.fraction, trainer.seed)
-    validation = np.random.default_rng(trainer.seed + 1).permutation(len(tune_rows))
-    n_val = max(1, round(settings.validation_share * len(tune_rows)))
-    train_rows = np.sort(validation[n_val:])
-    data = MeasuredDataModule(
-        patterns[tune_rows],
-        crystal_system[tune_rows],
-        space_group[tune_rows],
-        train_rows,
-        settings.batch_size,
-        trainer.seed,
-    )
-    module = load_classifier(checkpoint)
-    module.hparams.lr = settings.lr
-    module.train()
+    labelled = measured_set(measured)
+    tune_rows, held_out = rruff_split(len(labelled.patterns), settings.fraction, trainer.seed)
     split = {
         "measured": str(measured),
         "seed": trainer.seed,
@@ -199,19 +275,27 @@ def finetune_classifier(
     }
     with atomic_write(Path(stage_dir) / "split.json") as partial:
         partial.write_text(json.dumps(split) + "\n")
+    tune = labelled.subset(tune_rows)
+    build_library(*tune).save(Path(stage_dir) / "library.npz")
     key = run_key(asdict(settings), asdict(trainer), _fingerprint(checkpoint, measured))
-    published = fit(module, data, stage_dir, trainer, key)
-    # Calibrate on the fine-tune validation rows: measured, never trained on, not held out.
-    calibration_rows = tune_rows[np.sort(validation[:n_val])]
-    temperatures = calibrate_checkpoint(
-        published,
-        torch.as_tensor(patterns[calibration_rows], dtype=torch.float32),
-        torch.as_tensor(crystal_system[calibration_rows]),
-        torch.as_tensor(space_group[calibration_rows]),
+    published = _finetune_rows(checkpoint, tune, stage_dir, settings, trainer, key)
+    if settings.calibration_folds > 1:
+        rows = np.arange(len(tune_rows))
+        logits = crossfit_logits(checkpoint, tune, stage_dir, settings, trainer, key)
+        method = f"out-of-fold predictions of {settings.calibration_folds} cross-fitted fine-tunes"
+    else:
+        # Measured, never trained on, not held out.
+        rows = validation_rows(len(tune_rows), settings, trainer.seed)
+        logits = _logits(published, tune.patterns[rows])
+        method = "the fine-tune validation rows"
+    temperatures = (
+        fit_temperature(logits[0], torch.as_tensor(tune.crystal_system[rows])),
+        fit_temperature(logits[1], torch.as_tensor(tune.space_group[rows] - 1)),
     )
+    store_temperatures(published, temperatures)
     calibration = {
-        "method": "temperature scaling (Guo et al., ICML 2017)",
-        "rows": calibration_rows.tolist(),
+        "method": f"temperature scaling (Guo et al., ICML 2017) on {method}",
+        "rows": tune_rows[rows].tolist(),
         "temperature_crystal_system": temperatures[0],
         "temperature_space_group": temperatures[1],
     }
