@@ -12,12 +12,14 @@ from nanoxtal.cli import main
 from nanoxtal.train import TrainerSettings
 from nanoxtal.xrd.datamodule import XrdDataModule
 from nanoxtal.xrd.evaluate import predict_files
+from nanoxtal.xrd.library import nearest_neighbour
 from nanoxtal.xrd.module import class_weights, load_classifier, smoothed_cross_entropy
 from nanoxtal.xrd.simulate import stick_pattern
 from nanoxtal.xrd.training import (
     FinetuneSettings,
     TrainSettings,
     finetune_classifier,
+    measured_set,
     rruff_split,
     train_classifier,
 )
@@ -213,6 +215,14 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
     assert metrics["rruff_heldout_size"] == 24 and metrics["rruff_finetune_size"] == 24
     # Every held-out crystal has three sibling renders in the fine-tune part: the lookup floor.
     assert metrics["rruff_heldout/nearest_neighbour/space_group_accuracy"] > 0.5
+    # The floor is the plain cosine lookup on unsmoothed patterns, whatever the library does.
+    patterns, _, space_group = measured_set(tiny_measured)
+    tune, held = rruff_split(len(patterns), 0.5, 3)
+    plain = tune[nearest_neighbour(patterns[tune], patterns[held])[0]]
+    assert metrics["rruff_heldout/nearest_neighbour/space_group_accuracy"] == pytest.approx(
+        np.mean(space_group[plain] == space_group[held])
+    )
+    assert 0.0 <= metrics["rruff_heldout/library/space_group_accuracy"] <= 1.0
     # The library's close matches carry the (barely trained) model to the floor's level.
     assert metrics["rruff_heldout/tiny/finetuned+library/space_group_accuracy"] > 0.5
     for key in (
