@@ -230,7 +230,6 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     assert (workdir / "results" / "xrd" / "models" / "library.npz").is_file()
     predictions = pd.read_csv(workdir / "results" / "xrd" / "predictions" / "measured.csv")
     assert len(predictions) == 8  # the autoanalyzer .xy files of the test config
-    assert predictions["library_similarity"].between(-1, 1).all()  # searched in the library
     tem = json.loads((workdir / "results" / "tem" / "metrics.json").read_text())
     assert tem["sophon_example/test_images"] == ["1-0001_16"] and tem["split_seed"] == 42
     for method in ("model", "baseline"):

@@ -236,6 +236,8 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
     assert metrics["rruff_heldout/tiny/synthetic/temperature_space_group"] == 1.0
     assert 0.0 <= metrics["rruff_heldout/tiny/finetuned/space_group_ece"] <= 1.0
     assert metrics["single_phase_size"] == 1  # the mixture has no single reference
+    assert 0.0 <= metrics["single_phase/tiny+library/space_group_consistent"] <= 1.0
+    assert (tmp_path / "figures" / "single_phase_tiny+library.csv").is_file()
     check = pd.read_csv(tmp_path / "figures" / "single_phase_tiny.csv")
     assert (
         check.loc[0, "formula"] == "NaCl" and str(check.loc[0, "reference_space_groups"]) == "225"

@@ -225,7 +225,6 @@ rule xrd_publish:
 rule xrd_predict_measured:
     input:
         model=rules.xrd_publish.output.model,
-        library=rules.xrd_publish.output.library,
         patterns=[dataset_dir(name) for name in XRD_MEASURED if name in DATASET_NAMES],
     output:
         report(
@@ -240,4 +239,4 @@ rule xrd_predict_measured:
         "../../envs/xrd.yaml"
     shell:
         "nanoxtal xrd predict $(find {input.patterns:q} -name '*.xy' -o -name '*.xrdml' | sort)"
-        " --model {input.model:q} --library {input.library:q} --out {output:q} > {log:q} 2>&1"
+        " --model {input.model:q} --out {output:q} > {log:q} 2>&1"

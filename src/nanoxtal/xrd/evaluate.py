@@ -269,13 +269,18 @@ def evaluate_models(
                     Path(figures) / f"attribution_{name}_{variant}.png",
                 )
             if single_phase is not None and variant == "finetuned":
-                check = check_single_phase(model, single_phase[0], symmetry)
-                for column in ("space_group_consistent", "crystal_system_consistent"):
-                    metrics[f"single_phase/{name}/{column}"] = float(check[column].mean())
-                metrics["single_phase_size"] = len(check)
-                if figures is not None:
-                    with atomic_write(Path(figures) / f"single_phase_{name}.csv") as partial:
-                        check.to_csv(partial, index=False)
+                # With the library too: its trust is learnt on library-like queries only.
+                for suffix, searched in (("", None), ("+library", library)):
+                    check = check_single_phase(model, single_phase[0], symmetry, searched)
+                    for column in ("space_group_consistent", "crystal_system_consistent"):
+                        metrics[f"single_phase/{name}{suffix}/{column}"] = float(
+                            check[column].mean()
+                        )
+                    metrics["single_phase_size"] = len(check)
+                    if figures is not None:
+                        table = Path(figures) / f"single_phase_{name}{suffix}.csv"
+                        with atomic_write(table) as partial:
+                            check.to_csv(partial, index=False)
             if variant != "synthetic":
                 continue
             p_cs, p_sg = probabilities(model, test[0])
@@ -324,17 +329,20 @@ def reference_symmetry(references: Path | str) -> dict[str, set[tuple[int, int]]
 
 
 def check_single_phase(
-    model: XrdClassifier, patterns: list[Path], symmetry: dict[str, set[tuple[int, int]]]
+    model: XrdClassifier,
+    patterns: list[Path],
+    symmetry: dict[str, set[tuple[int, int]]],
+    library: Library | None = None,
 ) -> pd.DataFrame:
     """Predictions for single-phase measured files named after their formula (``MnO2.xy``).
 
     A file's polymorph is unknown, so a prediction counts as consistent when its space group
     (crystal system) is one of the reference polymorphs' of that formula (``symmetry``, from
-    ``reference_symmetry``).
+    ``reference_symmetry``). With ``library``, the model's answer is mixed with the library's.
     """
     from pymatgen.core import Composition
 
-    table, _ = predict_files(model, patterns)
+    table, _ = predict_files(model, patterns, library=library)
     rows = []
     for row in table.itertuples(index=False):
         stem = Path(row.source).stem
