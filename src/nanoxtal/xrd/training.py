@@ -205,9 +205,15 @@ def validation_rows(count: int, settings: FinetuneSettings, seed: int) -> np.nda
 
 
 @torch.no_grad()
-def _logits(checkpoint: Path | str, patterns: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _logits(
+    checkpoint: Path | str, patterns: np.ndarray, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     model = load_classifier(checkpoint)
-    return model(torch.as_tensor(patterns, dtype=torch.float32))
+    batches = [
+        model(torch.as_tensor(patterns[i : i + batch_size], dtype=torch.float32))
+        for i in range(0, len(patterns), batch_size)
+    ]
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
 def crossfit_logits(
