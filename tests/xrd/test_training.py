@@ -102,6 +102,14 @@ def test_train_finetune_predict_round_trip(tmp_path, tiny_tables, tiny_measured)
     folds = tmp_path / "xrdnet" / "finetune" / "crossfit"
     assert sorted(p.name for p in folds.iterdir()) == ["fold0", "fold1", "fold2"]
     assert all((folds / f"fold{k}" / "models" / "best.ckpt").is_file() for k in range(3))
+    # Without cross-fitting: calibrated on the fine-tune validation rows only.
+    plain = tmp_path / "xrdnet" / "plain"
+    finetune_classifier(
+        trained, tiny_measured, plain, FinetuneSettings(batch_size=8, calibration_folds=0), CPU
+    )
+    rows = json.loads((plain / "calibration.json").read_text())["rows"]
+    assert 0 < len(rows) < len(split["finetune_rows"]) / 4
+    assert set(rows) <= set(split["finetune_rows"]) and not (plain / "crossfit").exists()
     assert calibration["temperature_space_group"] != 1.0
     assert load_classifier(tuned).temperature.tolist() == pytest.approx(
         [calibration["temperature_crystal_system"], calibration["temperature_space_group"]]
