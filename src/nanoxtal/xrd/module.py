@@ -115,7 +115,7 @@ class XrdClassifier(pl.LightningModule):
         sg = torch.ones(N_SPACE_GROUPS) if space_group_weights is None else space_group_weights
         self.register_buffer("crystal_system_weights", cs.float())
         self.register_buffer("space_group_weights", sg.float())
-        # Softmax temperatures of the two heads (``calibrate``); 1 until calibrated.
+        # Softmax temperatures of the two heads (``store_temperatures``); 1 until calibrated.
         self.register_buffer("temperature", torch.ones(2))
 
     def forward(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,29 +130,6 @@ class XrdClassifier(pl.LightningModule):
             torch.softmax(cs_logits / self.temperature[0], 1),
             torch.softmax(sg_logits / self.temperature[1], 1),
         )
-
-    @torch.no_grad()
-    def calibrate(
-        self, patterns: torch.Tensor, crystal_system: torch.Tensor, space_group: torch.Tensor
-    ) -> tuple[float, float]:
-        """Fit the temperatures of both heads on labelled patterns (``fit_temperature``).
-
-        Args:
-            patterns: Patterns never trained on (B, points).
-            crystal_system: Labels 0-6 (B,).
-            space_group: Labels 1-230 (B,).
-
-        Returns:
-            The crystal-system and space-group temperatures, also stored in the model.
-        """
-        self.eval()
-        cs_logits, sg_logits = self(patterns)
-        temperatures = (
-            fit_temperature(cs_logits, crystal_system),
-            fit_temperature(sg_logits, space_group - 1),
-        )
-        self.temperature.copy_(torch.tensor(temperatures))
-        return temperatures
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         cs_logits, sg_logits = self(batch["pattern"])
