@@ -12,11 +12,13 @@ from nanoxtal.tem.evaluate import (
     diameter_error,
     equivalent_diameters,
     evaluate_set,
+    evaluate_synthetic_shapes,
     match_instances,
     mean_iou,
     summarise,
 )
 from nanoxtal.tem.io import LabelledImage
+from nanoxtal.tem.simulate import SHAPE_CLASSES
 
 
 def squares(shape: tuple[int, int], boxes: dict[int, tuple[int, int, int, int]]) -> np.ndarray:
@@ -196,3 +198,31 @@ def test_evaluate_set_records_failures_and_continues():
     assert summary["count_error"] == pytest.approx(0.1)
     assert summary["n_true"] == 9 and summary["n_pred"] == 8
     assert summarise(table[table["name"] == "boxes"])["evaluated"] == 1
+
+
+def test_synthetic_shapes_scores_exact_outlines_and_failed_segmentations():
+    def blob(image: np.ndarray) -> np.ndarray:
+        # One instance covering the whole image: never matches a particle at IoU 0.5.
+        return np.ones(image.shape, dtype=np.int32)
+
+    metrics, matrices = evaluate_synthetic_shapes({"blob": blob}, per_class=1, seed=4, width_px=320)
+    assert metrics["shapes/synthetic/seed"] == 4
+    truth = matrices["truth"]
+    assert truth.shape == (len(SHAPE_CLASSES), len(SHAPE_CLASSES))
+    assert truth.sum() == metrics["shapes/synthetic/truth/particles"] > 50
+    # Every simulated class is present, and the exact outlines are mostly classified right.
+    assert np.all(truth.sum(axis=1) > 0)
+    assert metrics["shapes/synthetic/truth/accuracy"] == pytest.approx(
+        np.trace(truth) / truth.sum()
+    )
+    assert metrics["shapes/synthetic/truth/accuracy"] > 0.7
+    assert metrics["shapes/synthetic/truth/dominant_accuracy"] >= 9 / 11
+    recalls = [metrics[f"shapes/synthetic/truth/recall/{name}"] for name in SHAPE_CLASSES]
+    assert metrics["shapes/synthetic/truth/balanced_accuracy"] == pytest.approx(np.mean(recalls))
+    # A segmentation that finds no particle scores nothing, and says so.
+    assert metrics["shapes/synthetic/blob/particles"] == 0
+    assert math.isnan(metrics["shapes/synthetic/blob/accuracy"])
+    assert math.isnan(metrics["shapes/synthetic/blob/dominant_accuracy"])
+    # The same seed draws the same micrographs.
+    again, _ = evaluate_synthetic_shapes({}, per_class=1, seed=4, width_px=320)
+    assert again["shapes/synthetic/truth/accuracy"] == metrics["shapes/synthetic/truth/accuracy"]

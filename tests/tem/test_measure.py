@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 from skimage import draw, io, measure
 
 from nanoxtal.tem.measure import (
@@ -12,16 +13,25 @@ from nanoxtal.tem.measure import (
     classify_shapes,
     measure_particles,
     overlay,
+    segmentation_like,
     shape_classifier,
     size_histogram,
     summarise_image,
     synthetic_shapes,
 )
-from nanoxtal.tem.simulate import SHAPE_CLASSES, shape_mask
+from nanoxtal.tem.segment import segment_image
+from nanoxtal.tem.simulate import (
+    SHAPE_CLASSES,
+    MicrographSettings,
+    shape_mask,
+    simulate_micrograph,
+)
 
-# Held-out accuracy of the shape classifier on simulated outlines (8–80 px, blurred and
-# re-thresholded); measured 0.94–0.95 with 40–100 particles per class.
-MIN_SHAPE_ACCURACY = 0.88
+# Held-out accuracy of the shape classifier on simulated outlines degraded like segmentations
+# (8–200 px, ``segmentation_like``); measured 0.78 with 40 particles per class (every class
+# 0.53–1.0). Exact polygon outlines alone gave 0.94, but 0.27 on the exact particles of
+# simulated micrographs (``evaluate_synthetic_shapes``, ``truth``).
+MIN_SHAPE_ACCURACY = 0.72
 
 
 def disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
@@ -128,7 +138,40 @@ def test_shape_classifier_held_out_accuracy():
     assert accuracy >= MIN_SHAPE_ACCURACY, accuracy
     # Every class is recognised most of the time.
     for index in range(len(SHAPE_CLASSES)):
-        assert (predicted[truth == index] == index).mean() >= 0.7, SHAPE_CLASSES[index]
+        assert (predicted[truth == index] == index).mean() >= 0.45, SHAPE_CLASSES[index]
+
+
+@pytest.mark.parametrize("shape", ["sphere", "cube", "triangle"])
+def test_segmented_micrograph_particles_keep_their_class(shape):
+    # Particles of a simulated micrograph outlined by the classical baseline: rough, pixelated
+    # outlines. A classifier fitted on exact polygons called 0 % of these spheres spheres.
+    settings = MicrographSettings(
+        width_px=384,
+        height_px=384,
+        nm_per_px=0.5,
+        diameter_nm=14.0,
+        shape_weights={shape: 1.0},
+        coverage=0.15,
+        scale_bar=False,
+    )
+    micrograph = simulate_micrograph(settings, 5)
+    labels = segment_image(micrograph.image)
+    table = measure_particles(labels, None)
+    measured = table[~table["touches_border"]]
+    assert len(measured) >= 10
+    assert summarise_image(table)["dominant_shape"] == shape
+    assert (measured["shape"] == shape).mean() >= 0.4
+
+
+def test_segmentation_like_roughens_but_keeps_the_particle():
+    rng = np.random.default_rng(0)
+    square = shape_mask("cube", 40)
+    rough = [segmentation_like(square, 40, rng) for _ in range(20)]
+    areas = np.array([mask.sum() for mask in rough])
+    assert np.all(np.abs(areas / square.sum() - 1) < 0.35)
+    assert all(ndimage.label(mask)[1] == 1 for mask in rough)
+    # Random: no two draws give the same outline.
+    assert len({mask.tobytes() for mask in rough}) == len(rough)
 
 
 def test_classify_clean_shapes():

@@ -138,6 +138,14 @@ def test_cli_evaluate_writes_metrics_table_and_figure(tmp_path, msa_like, capsys
     assert metrics["model"] is None and metrics["msa_em/baseline/ap50"] == 1.0
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     assert "msa_em/baseline/ap50: 1.000" in capsys.readouterr().out
+    assert not any(key.startswith("shapes/") for key in metrics)
+    # The shape classes on simulated micrographs, with their figure, when asked.
+    shapes = ["--shapes-per-class", "1", "--shapes-seed", "3", "--shapes-figure"]
+    assert main([*args, *shapes, str(tmp_path / "shapes.png")]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["shapes/synthetic/seed"] == 3 and metrics["shapes/synthetic/per_class"] == 1
+    assert 0 <= metrics["shapes/synthetic/baseline/accuracy"] <= 1
+    assert (tmp_path / "shapes.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):
         main(["tem", "evaluate", "--set", "nowhere=x", "--out", str(out)])
     assert "expected NAME=FOLDER" in capsys.readouterr().err

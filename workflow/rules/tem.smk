@@ -125,6 +125,12 @@ rule tem_evaluate:
             category="TEM",
             labels={"figure": "evaluation"},
         ),
+        shapes=report(
+            "results/tem/figures/shapes.png",
+            caption="../report/tem_shapes.rst",
+            category="TEM",
+            labels={"figure": "shape classes"},
+        ),
     params:
         sets=lambda wildcards, input: tem_set_options(TEM_EVALUATED, input.sets),
         split=tem_split_options(),
@@ -132,6 +138,10 @@ rule tem_evaluate:
         polarity=" ".join(
             f"--polarity {name}={value}"
             for name, value in config["tem"]["evaluate"]["polarity"].items()
+        ),
+        shapes=lambda wildcards: (
+            f"--shapes-per-class {config['tem']['evaluate']['shapes']['per_class']}"
+            f" --shapes-seed {config['tem']['evaluate']['shapes']['seed']}"
         ),
     log:
         "logs/tem/evaluate.log",
@@ -146,7 +156,8 @@ rule tem_evaluate:
     shell:
         "nanoxtal tem evaluate {params.sets} {params.split} --model {input.model:q}"
         " --segment {params.segment:q} {params.polarity} --out {output.metrics:q}"
-        " --per-image {output.per_image:q} --figure {output.figure:q} > {log:q} 2>&1"
+        " --per-image {output.per_image:q} --figure {output.figure:q}"
+        " {params.shapes} --shapes-figure {output.shapes:q} > {log:q} 2>&1"
 
 
 rule tem_measure:

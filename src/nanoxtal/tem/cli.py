@@ -160,7 +160,12 @@ def _split_arguments(parser: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from nanoxtal.tem.evaluate import evaluate_test_parts, evaluation_figure
+    from nanoxtal.tem.evaluate import (
+        evaluate_synthetic_shapes,
+        evaluate_test_parts,
+        evaluation_figure,
+        shape_figure,
+    )
     from nanoxtal.tem.module import load_segmenter
     from nanoxtal.tem.segment import SegmentSettings, segment_image
 
@@ -185,6 +190,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
         metrics |= found
         tables.append(table)
+    if args.shapes_per_class > 0:
+        found, matrices = evaluate_synthetic_shapes(
+            predictors("shapes"), args.shapes_per_class, args.shapes_seed
+        )
+        metrics |= found
+        if args.shapes_figure:
+            with atomic_write(args.shapes_figure) as partial:
+                shape_figure(matrices, partial)
     with atomic_write(args.out) as partial:
         partial.write_text(json.dumps(metrics, indent=2, default=_json_number) + "\n")
     if args.per_image:
@@ -196,7 +209,14 @@ def _evaluate(args: argparse.Namespace) -> int:
             evaluation_figure(metrics, partial)
     for key, value in metrics.items():
         if key.endswith(
-            ("/ap50", "/semantic_miou", "/count_error", "/diameter_error", "/sample_diameter_error")
+            (
+                "/ap50",
+                "/semantic_miou",
+                "/count_error",
+                "/diameter_error",
+                "/sample_diameter_error",
+                "/dominant_accuracy",
+            )
         ) and isinstance(value, float):
             print(f"{key}: {value:.3f}")
     return EXIT_OK
@@ -427,6 +447,17 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         metavar="NAME=POLARITY",
         help="particle polarity of one set: dark, bright or auto (e.g. stem_boxes=auto)",
     )
+    evaluate.add_argument(
+        "--shapes-per-class",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also score the shape classes on N simulated micrographs per class (0: skip)",
+    )
+    evaluate.add_argument(
+        "--shapes-seed", type=int, default=2025, help="seed of the simulated shape micrographs"
+    )
+    evaluate.add_argument("--shapes-figure", type=Path, help="PNG of the shape confusion matrices")
     evaluate.set_defaults(func=_evaluate)
 
     measure = verbs.add_parser(

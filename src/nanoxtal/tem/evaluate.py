@@ -58,8 +58,17 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from nanoxtal.metrics import accuracy, confusion
 from nanoxtal.tem.instances import border_flags
 from nanoxtal.tem.io import LabelledImage, fixed_split, read_labelled_set
+from nanoxtal.tem.measure import classify_shapes
+from nanoxtal.tem.simulate import (
+    SHAPE_CLASSES,
+    Micrograph,
+    MicrographSettings,
+    image_rng,
+    simulate_micrograph,
+)
 
 THRESHOLDS = (0.5, 0.75, 0.9)
 
@@ -521,6 +530,160 @@ def evaluate_test_parts(
                 metrics[f"{name}/{method}/failed"] = summary["failed"]
     per_image = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return metrics, per_image
+
+
+# Particle sizes (equivalent diameter, px) and coverage of the synthetic shape micrographs.
+SHAPE_SIZES_PX = (10.0, 60.0)
+SHAPE_COVERAGE = (0.05, 0.3)
+SHAPE_PREFIX = "shapes/synthetic"
+
+
+def shape_micrograph(shape: str, width_px: int, rng: np.random.Generator) -> Micrograph:
+    """A micrograph of particles of one shape class, without scale bar.
+
+    Particle size log-uniform within ``SHAPE_SIZES_PX``, coverage uniform within
+    ``SHAPE_COVERAGE``, the simulator's default contrast, touching and noise.
+    """
+    diameter_px = math.exp(rng.uniform(*np.log(SHAPE_SIZES_PX)))
+    settings = MicrographSettings(
+        width_px=width_px,
+        height_px=width_px,
+        nm_per_px=0.5,
+        diameter_nm=0.5 * diameter_px,
+        shape_weights={shape: 1.0},
+        coverage=float(rng.uniform(*SHAPE_COVERAGE)),
+        scale_bar=False,
+    )
+    return simulate_micrograph(settings, rng)
+
+
+def evaluate_synthetic_shapes(
+    predictors: Mapping[str, Callable[[np.ndarray], np.ndarray]],
+    per_class: int,
+    seed: int,
+    width_px: int = 384,
+) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    """Shape classes through the whole measurement: simulate, segment, classify.
+
+    No real micrograph here has shape labels, so the shape classifier
+    (``nanoxtal.tem.measure.classify_shapes``) is judged on simulated micrographs of one
+    class each (``shape_micrograph``; image k of class c drawn from ``image_rng(seed,
+    c·per_class + k)``), segmented by every method and, as the classifier's ceiling, taken
+    with their exact instances (``truth``). Predicted particles matched to a truth particle at
+    IoU ≥ 0.5 and not cut by the image edge are scored against its class.
+
+    Args:
+        predictors: Segmentation methods by name (grey image → instance labels).
+        per_class: Micrographs per shape class.
+        seed: Seed of the micrographs.
+        width_px: Side of the square micrographs (px).
+
+    Returns:
+        Flat metrics ``"shapes/synthetic/<method>/<metric>"``: ``accuracy`` and
+        ``balanced_accuracy`` over particles, ``dominant_accuracy`` (the most frequent
+        predicted class of an image is its class: the label a sample gets), ``particles``,
+        ``recall/<class>``; with ``shapes/synthetic/seed`` and ``.../per_class``. And the
+        confusion matrix (truth rows, predicted columns, ``SHAPE_CLASSES`` order) of each
+        method.
+    """
+    methods = {"truth": None, **predictors}
+    truth: dict[str, list[np.ndarray]] = {name: [] for name in methods}
+    predicted: dict[str, list[np.ndarray]] = {name: [] for name in methods}
+    dominant: dict[str, list[bool]] = {name: [] for name in methods}
+    for index, shape in enumerate(SHAPE_CLASSES):
+        for k in range(per_class):
+            micrograph = shape_micrograph(shape, width_px, image_rng(seed, index * per_class + k))
+            for name, predictor in methods.items():
+                labels = micrograph.instances if predictor is None else predictor(micrograph.image)
+                classes = _matched_shape_classes(micrograph.instances, labels)
+                truth[name].append(np.full(classes.size, index))
+                predicted[name].append(classes)
+                if classes.size:
+                    dominant[name].append(np.bincount(classes).argmax() == index)
+    metrics: dict[str, object] = {
+        f"{SHAPE_PREFIX}/seed": seed,
+        f"{SHAPE_PREFIX}/per_class": per_class,
+    }
+    matrices = {}
+    for name in methods:
+        t, p = np.concatenate(truth[name]), np.concatenate(predicted[name])
+        matrix = confusion(t, p, len(SHAPE_CLASSES))
+        matrices[name] = matrix
+        recall = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
+        present = matrix.sum(axis=1) > 0
+        prefix = f"{SHAPE_PREFIX}/{name}"
+        metrics[f"{prefix}/particles"] = int(t.size)
+        metrics[f"{prefix}/accuracy"] = accuracy(t, p) if t.size else math.nan
+        metrics[f"{prefix}/balanced_accuracy"] = (
+            float(recall[present].mean()) if present.any() else math.nan
+        )
+        metrics[f"{prefix}/dominant_accuracy"] = (
+            float(np.mean(dominant[name])) if dominant[name] else math.nan
+        )
+        for shape, value, seen in zip(SHAPE_CLASSES, recall, present, strict=True):
+            if seen:
+                metrics[f"{prefix}/recall/{shape}"] = float(value)
+    return metrics, matrices
+
+
+def _matched_shape_classes(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Predicted class indices of the predicted particles matched at IoU ≥ 0.5, edge ones out."""
+    match = match_instances(truth, predicted)
+    chosen = match.matched_pred[match.matched_iou >= 0.5]
+    if chosen.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    inside = ~border_flags(predicted)[match.pred_ids[chosen]]
+    keep = np.where(np.isin(predicted, match.pred_ids[chosen[inside]]), predicted, 0)
+    names = classify_shapes(keep)
+    return np.array([SHAPE_CLASSES.index(name) for name in names], dtype=np.int64)
+
+
+def shape_figure(matrices: Mapping[str, np.ndarray], path: Path | str) -> Path:
+    """Row-normalised confusion matrices of the shape classes, one panel per method.
+
+    Args:
+        matrices: Confusion counts (truth rows, predicted columns) by method.
+        path: PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(matrices), figsize=(4.6 * len(matrices), 4.4), squeeze=False)
+    short = [name.replace(" shape", "").replace("-pointed star", "-star") for name in SHAPE_CLASSES]
+    for axis, (name, matrix) in zip(axes[0], matrices.items(), strict=True):
+        share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        axis.imshow(share, vmin=0, vmax=1, cmap="Blues")
+        for (row, col), value in np.ndenumerate(share):
+            if value >= 0.05:
+                colour = "white" if value > 0.6 else "black"
+                axis.text(
+                    col,
+                    row,
+                    f"{100 * value:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color=colour,
+                )
+        axis.set_xticks(range(len(short)), short, rotation=60, ha="right", fontsize=7)
+        axis.set_yticks(range(len(short)), short, fontsize=7)
+        axis.set_xlabel("predicted")
+        axis.set_title(
+            f"{name}: {np.trace(matrix) / max(matrix.sum(), 1):.0%} of {matrix.sum()}", fontsize=9
+        )
+    axes[0][0].set_ylabel("simulated class")
+    figure.suptitle("Shape classes of simulated micrographs (% of each row)", fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, format="png")
+    plt.close(figure)
+    return path
 
 
 def evaluation_figure(metrics: Mapping[str, object], path: Path | str) -> Path:
