@@ -115,3 +115,63 @@ def test_smoothing_keeps_area_and_tolerates_a_small_shift():
     assert nearest_neighbour(peak, shifted)[1][0] < 0.05
     assert nearest_neighbour(smooth(peak, 10.0), smooth(shifted, 10.0))[1][0] > 0.8
     assert np.array_equal(smooth(peak, 0), peak.astype(np.float32))
+
+
+def test_embeddings_pick_the_match_and_the_patterns_keep_the_trust(tmp_path):
+    # Row 0 looks like the query; row 1 is what the network's representation says it is.
+    patterns = np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+    cs, sg = np.array([0, 1, 2]), np.array([1, 2, 3])
+    embeddings = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    query, query_embedding = np.array([[1.0, 0.1, 0.0]]), np.array([[0.05, 1.0]])
+    plain = build_library(patterns, cs, sg, smoothing_points=0)
+    assert plain.match(query)["row"].tolist() == [0]
+    joint = build_library(patterns, cs, sg, 0, embeddings, "abc")
+    found = joint.match(query, query_embedding)
+    assert found["row"].tolist() == [1] and found["space_group"].tolist() == [2]
+    # The reported similarity (and so the trust) is the patterns' cosine at that row.
+    cosine = (0.6 + 0.1 * 0.8) / np.hypot(1.0, 0.1)
+    assert found["similarity"][0] == pytest.approx(cosine, rel=1e-5)
+    assert (joint.trust_space_group, joint.trust_crystal_system) == (
+        plain.trust_space_group,
+        plain.trust_crystal_system,
+    )
+    # Without query embeddings, or with weight 0, the patterns alone decide.
+    assert joint.match(query)["row"].tolist() == [0]
+    with pytest.raises(ValueError, match="query embeddings"):
+        joint.match(query, np.ones((1, 3)))
+    # Saved and read back with its embeddings and model; a file without them still loads.
+    again = load_library(joint.save(tmp_path / "joint.npz"))
+    assert again.model_fingerprint == "abc" and again.embedding_weight == joint.embedding_weight
+    assert again.match(query, query_embedding)["row"].tolist() == [1]
+    assert load_library(plain.save(tmp_path / "plain.npz")).embeddings is None
+    with pytest.raises(ValueError, match="2 embeddings for 3 patterns"):
+        plain.with_embeddings(embeddings[:2], "abc")
+
+
+def test_search_library_uses_only_its_own_models_embeddings():
+    import torch
+
+    from nanoxtal.xrd.evaluate import search_library
+    from nanoxtal.xrd.module import XrdClassifier, embed_patterns
+    from nanoxtal.xrd.nets import build_net
+
+    def model(seed: int) -> XrdClassifier:
+        torch.manual_seed(seed)
+        return XrdClassifier(build_net("xrdnet", width=8), {"name": "xrdnet", "width": 8}).eval()
+
+    rng = np.random.default_rng(3)
+    patterns = rng.uniform(size=(6, 8500)).astype(np.float32) ** 20
+    cs, sg = np.arange(6) % 7, np.arange(6) + 1
+    ours, other = model(0), model(1)
+    assert ours.fingerprint() == model(0).fingerprint() != other.fingerprint()
+    ours.temperature.fill_(2.0)  # calibration does not change which model it is
+    assert ours.fingerprint() == model(0).fingerprint()
+    embeddings = embed_patterns(ours, patterns)
+    assert embeddings.shape == (6, 512)
+    library = build_library(patterns, cs, sg, 10.0, embeddings, ours.fingerprint())
+    queries = patterns[:3] + rng.normal(0, 0.01, (3, 8500)).astype(np.float32)
+    expected = library.match(queries, embed_patterns(ours, queries))
+    assert np.array_equal(search_library(library, ours, queries)["row"], expected["row"])
+    with pytest.warns(UserWarning, match="another model"):
+        found = search_library(library, other, queries)
+    assert np.array_equal(found["row"], library.match(queries)["row"])

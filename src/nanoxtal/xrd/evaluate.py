@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from nanoxtal.xrd.library import (
     library_probabilities,
     nearest_neighbour,
 )
-from nanoxtal.xrd.module import XrdClassifier, load_classifier
+from nanoxtal.xrd.module import XrdClassifier, embed_patterns, load_classifier
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS
 from nanoxtal.xrd.render import Augmentation, Grid
 from nanoxtal.xrd.structures import (
@@ -65,6 +66,26 @@ def probabilities(
         cs.append(p_cs.cpu())
         sg.append(p_sg.cpu())
     return torch.cat(cs).numpy(), torch.cat(sg).numpy()
+
+
+def search_library(
+    library: Library, model: XrdClassifier, patterns: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``library.match`` of patterns, with ``model``'s embeddings when the library holds its.
+
+    A library whose embeddings are of another model is searched on the patterns alone (with
+    a warning): representations of two networks are not comparable.
+    """
+    if library.embeddings is None:
+        return library.match(patterns)
+    if library.model_fingerprint != model.fingerprint():
+        warnings.warn(
+            f"the library's embeddings are of another model ({library.model_fingerprint}, not"
+            f" {model.fingerprint()}): searched on the patterns alone",
+            stacklevel=2,
+        )
+        return library.match(patterns)
+    return library.match(patterns, embed_patterns(model, patterns))
 
 
 def uncalibrated_space_group(model: XrdClassifier, patterns: np.ndarray) -> np.ndarray:
@@ -183,7 +204,10 @@ def evaluate_models(
             (``check_single_phase``), and written to ``figures`` as CSV.
 
     Returns:
-        Flat metrics: name → value, with the split sizes.
+        Flat metrics: name → value, with the split sizes. ``rruff_heldout/library/...`` is the
+        library searched on the patterns alone; ``.../<variant>+library/...`` the model mixed
+        with the library searched with its own embeddings too (``search_library``), whose
+        lookup alone is ``.../<variant>+library/library_space_group_accuracy``.
     """
     patterns, cs, sg = measured_set(measured)
     tune, held = rruff_split(len(patterns), fraction, seed)
@@ -228,7 +252,15 @@ def evaluate_models(
             p_cs, p_sg = probabilities(model, patterns[held])
             for key, value in scores(cs[held], sg[held], p_cs, p_sg).items():
                 metrics[f"rruff_heldout/{name}/{variant}/{key}"] = value
-            mixed = library_probabilities(match, p_cs, p_sg)
+            # The library searched with this model's representations too (``search_library``).
+            searched = library.with_embeddings(
+                embed_patterns(model, patterns[tune]), model.fingerprint()
+            )
+            found = search_library(searched, model, patterns[held])
+            metrics[f"rruff_heldout/{name}/{variant}+library/library_space_group_accuracy"] = (
+                accuracy(sg[held], found["space_group"])
+            )
+            mixed = library_probabilities(found, p_cs, p_sg)
             for key, value in scores(cs[held], sg[held], *mixed).items():
                 metrics[f"rruff_heldout/{name}/{variant}+library/{key}"] = value
             for key, value in coverage_scores(sg[held], mixed[1]).items():
@@ -270,8 +302,8 @@ def evaluate_models(
                 )
             if single_phase is not None and variant == "finetuned":
                 # With the library too: its trust is learnt on library-like queries only.
-                for suffix, searched in (("", None), ("+library", library)):
-                    check = check_single_phase(model, single_phase[0], symmetry, searched)
+                for suffix, chosen in (("", None), ("+library", searched)):
+                    check = check_single_phase(model, single_phase[0], symmetry, chosen)
                     for column in ("space_group_consistent", "crystal_system_consistent"):
                         metrics[f"single_phase/{name}{suffix}/{column}"] = float(
                             check[column].mean()
@@ -405,7 +437,7 @@ def predict_files(
     grids = np.stack(grids)
     p_cs, p_sg = probabilities(model, grids)
     if library is not None:
-        match = library.match(grids)
+        match = search_library(library, model, grids)
         p_cs, p_sg = library_probabilities(match, p_cs, p_sg)
         for i, row in enumerate(rows):
             row["library_space_group"] = int(match["space_group"][i])

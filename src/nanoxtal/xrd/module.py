@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,22 @@ class XrdClassifier(pl.LightningModule):
         return self.net(patterns)
 
     @torch.no_grad()
+    def embed(self, patterns: torch.Tensor) -> torch.Tensor:
+        """The network's representation of patterns (B, points) before its heads (B, hidden)."""
+        return self.net.embed(patterns)
+
+    def fingerprint(self) -> str:
+        """A digest of the network's weights: which model a library's embeddings came from.
+
+        Temperatures live outside the network, so calibrating does not change it.
+        """
+        digest = hashlib.sha256()
+        for name, tensor in self.net.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    @torch.no_grad()
     def predict_proba(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Calibrated probabilities of crystal systems (B, 7) and space groups (B, 230)."""
         cs_logits, sg_logits = self(patterns)
@@ -191,6 +208,19 @@ def load_classifier(checkpoint: Path | str, map_location: str = "cpu") -> XrdCla
     net = build_net(arch.pop("name"), **arch)
     model = XrdClassifier.load_from_checkpoint(checkpoint, net=net, map_location=map_location)
     return model.eval()
+
+
+@torch.no_grad()
+def embed_patterns(model: XrdClassifier, patterns: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """``model.embed`` of patterns (N, points), in batches on the model's device: (N, hidden)."""
+    model.eval()
+    device = next(model.parameters()).device
+    patterns = torch.as_tensor(np.asarray(patterns), dtype=torch.float32)
+    parts = [
+        model.embed(patterns[start : start + batch_size].to(device)).cpu()
+        for start in range(0, len(patterns), batch_size)
+    ]
+    return torch.cat(parts).numpy()
 
 
 def store_temperatures(checkpoint: Path | str, temperatures: tuple[float, float]) -> None:

@@ -54,9 +54,13 @@ class NPCNN(nn.Module):
         self.crystal_system = nn.Linear(1150, N_CRYSTAL_SYSTEMS)
         self.space_group = nn.Linear(1150, N_SPACE_GROUPS)
 
+    def embed(self, pattern: torch.Tensor) -> torch.Tensor:
+        """The representation both heads read (B, hidden), for a batch of patterns (B, points)."""
+        return self.dense(self.features(pattern[:, None, :]))
+
     def forward(self, pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits for a batch of patterns (B, points)."""
-        hidden = self.dense(self.features(pattern[:, None, :]))
+        hidden = self.embed(pattern)
         return self.crystal_system(hidden), self.space_group(hidden)
 
 
@@ -131,9 +135,13 @@ class XrdNet(nn.Module):
         self.crystal_system = nn.Linear(hidden, N_CRYSTAL_SYSTEMS)
         self.space_group = nn.Linear(hidden, N_SPACE_GROUPS)
 
+    def embed(self, pattern: torch.Tensor) -> torch.Tensor:
+        """The representation both heads read (B, hidden), for a batch of patterns (B, points)."""
+        return self.dense(self.features(pattern[:, None, :]))
+
     def forward(self, pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits for a batch of patterns (B, points)."""
-        hidden = self.dense(self.features(pattern[:, None, :]))
+        hidden = self.embed(pattern)
         return self.crystal_system(hidden), self.space_group(hidden)
 
 

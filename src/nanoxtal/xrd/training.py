@@ -20,6 +20,7 @@ from nanoxtal.xrd.library import build_library
 from nanoxtal.xrd.module import (
     XrdClassifier,
     class_weights,
+    embed_patterns,
     fit_temperature,
     load_classifier,
     store_temperatures,
@@ -264,8 +265,9 @@ def finetune_classifier(
     out-of-fold predictions of the whole fine-tune part (``crossfit_logits``; or on the
     validation rows alone), stored in the published checkpoint and
     ``<stage_dir>/calibration.json``. The split is written to ``<stage_dir>/split.json``, and
-    the whole fine-tune part as a pattern library searched beside the model
-    (``nanoxtal.xrd.library``) to ``<stage_dir>/library.npz``.
+    the whole fine-tune part as a pattern library searched beside the model, with the
+    fine-tuned model's representations of its patterns (``nanoxtal.xrd.library``), to
+    ``<stage_dir>/library.npz``.
 
     Returns:
         The published fine-tuned checkpoint, ``<stage_dir>/models/best.ckpt``.
@@ -282,9 +284,14 @@ def finetune_classifier(
     with atomic_write(Path(stage_dir) / "split.json") as partial:
         partial.write_text(json.dumps(split) + "\n")
     tune = labelled.subset(tune_rows)
-    build_library(*tune).save(Path(stage_dir) / "library.npz")
     key = run_key(asdict(settings), asdict(trainer), _fingerprint(checkpoint, measured))
     published = _finetune_rows(checkpoint, tune, stage_dir, settings, trainer, key)
+    model = load_classifier(published)
+    build_library(
+        *tune,
+        embeddings=embed_patterns(model, tune.patterns),
+        model_fingerprint=model.fingerprint(),
+    ).save(Path(stage_dir) / "library.npz")
     if settings.calibration_folds > 1:
         rows = np.arange(len(tune_rows))
         logits = crossfit_logits(checkpoint, tune, stage_dir, settings, trainer, key)
