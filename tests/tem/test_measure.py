@@ -107,6 +107,11 @@ def test_nm_columns_and_summary(scene):
     )
     assert summary["diameter_unit"] == "nm"
     assert summary["dominant_shape"] in SHAPE_CLASSES
+    shapes = table.loc[~table["touches_border"], "shape"]
+    assert summary["dominant_shape_share"] == pytest.approx(
+        (shapes == summary["dominant_shape"]).mean()
+    )
+    assert 0.5 <= summary["dominant_shape_share"] <= 1
 
 
 def test_empty_and_invalid_input():
@@ -114,7 +119,7 @@ def test_empty_and_invalid_input():
     assert empty.empty and "diameter_nm" in empty.columns
     summary = summarise_image(empty)
     assert summary["count"] == 0 and math.isnan(summary["mean_diameter"])
-    assert summary["dominant_shape"] is None
+    assert summary["dominant_shape"] is None and math.isnan(summary["dominant_shape_share"])
     with pytest.raises(ValueError, match="nm_per_px"):
         measure_particles(np.ones((4, 4), dtype=np.int32), -1.0)
     with pytest.raises(ValueError, match="integers"):

@@ -51,6 +51,7 @@ def test_measure_batch_with_a_corrupt_file(images, tmp_path, capsys):
     # 14 nm particles at 1 nm/px.
     assert rows.loc["sim_png.png", "mean_diameter"] == pytest.approx(14, rel=0.25)
     assert rows.loc["sim_png.png", "count_measured"] > 5
+    assert 0 < rows.loc["sim_png.png", "dominant_shape_share"] <= 1
     particles = pd.read_csv(out / "particles.csv")
     assert set(particles["image"].str.rsplit("/", n=1).str[-1]) == {
         "plain.jpg",

@@ -239,6 +239,7 @@ SUMMARY_COLUMNS = (
     "std_diameter",
     "size_distribution_pct",
     "dominant_shape",
+    "dominant_shape_share",
     "diameter_unit",
     "nm_per_px",
     "pixel_size_source",

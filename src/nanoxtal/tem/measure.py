@@ -571,17 +571,19 @@ def summarise_image(particles: pd.DataFrame) -> dict[str, object]:
         deviation; in nm when the table has ``diameter_nm``, else px; NaN without measured
         particles, std NaN below two), ``size_distribution_pct`` (std/mean × 100, as the
         recipe data state it), ``dominant_shape`` (most frequent class among measured
-        particles; None without any) and ``diameter_unit`` ("nm" or "px").
+        particles; None without any), ``dominant_shape_share`` (the share of measured
+        particles in that class: how clear the image's shape is; NaN without any) and
+        ``diameter_unit`` ("nm" or "px").
     """
     unit = "nm" if "diameter_nm" in particles.columns else "px"
     measured = particles[~particles["touches_border"].astype(bool)]
     diameters = measured[f"diameter_{unit}"].to_numpy(dtype=np.float64)
     mean = float(diameters.mean()) if diameters.size else math.nan
     std = float(diameters.std(ddof=1)) if diameters.size > 1 else math.nan
-    dominant = None
+    dominant, share = None, math.nan
     if len(measured):
         counts = measured["shape"].value_counts()
-        dominant = str(counts.index[0])
+        dominant, share = str(counts.index[0]), float(counts.iloc[0] / len(measured))
     return {
         "count": len(particles),
         "count_measured": len(measured),
@@ -589,6 +591,7 @@ def summarise_image(particles: pd.DataFrame) -> dict[str, object]:
         "std_diameter": std,
         "size_distribution_pct": 100 * std / mean if mean > 0 else math.nan,
         "dominant_shape": dominant,
+        "dominant_shape_share": share,
         "diameter_unit": unit,
     }
 
