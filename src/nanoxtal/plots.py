@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from nanoxtal.files import atomic_write
@@ -22,13 +23,44 @@ def confusion_figure(
         title: Figure title.
         path: Output image (.png, .pdf, .svg).
     """
-    counts = np.asarray(matrix)
-    rows = counts.sum(axis=1, keepdims=True)
-    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
     size = 1.2 + 0.55 * len(labels)
     # Figure without pyplot: no GUI backend, safe on clusters and CI without a display.
     figure = Figure(figsize=(size + 1.5, size))
     axes = figure.subplots()
+    image = _confusion_axes(axes, matrix, labels, title)
+    figure.colorbar(image, ax=axes, label="share of the true class")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def confusion_panels(
+    matrices: Mapping[str, np.ndarray], labels: Sequence[str], title: str, path: Path | str
+) -> Path:
+    """Save several confusion matrices of the same classes side by side (``confusion_figure``).
+
+    Args:
+        matrices: Counts (classes, classes) by panel title, e.g. one per method.
+        labels: Class names.
+        title: Figure title.
+        path: Output image.
+    """
+    size = 1.2 + 0.5 * len(labels)
+    figure = Figure(figsize=(size * len(matrices), size + 0.4))
+    axes = figure.subplots(1, len(matrices), squeeze=False)[0]
+    for axis, (name, matrix) in zip(axes, matrices.items(), strict=True):
+        counts = np.asarray(matrix)
+        share = np.trace(counts) / max(int(counts.sum()), 1)
+        _confusion_axes(axis, counts, labels, f"{name}: {share:.0%} of {counts.sum()}")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _confusion_axes(axes: Axes, matrix: np.ndarray, labels: Sequence[str], title: str):
+    """Draw a row-normalised confusion matrix with its counts; returns the image."""
+    counts = np.asarray(matrix)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
     image = axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
     axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     axes.set_yticks(range(len(labels)), labels)
@@ -39,9 +71,7 @@ def confusion_figure(
         if count:
             colour = "white" if share[i, j] > 0.5 else "black"
             axes.text(j, i, str(count), ha="center", va="center", fontsize=8, color=colour)
-    figure.colorbar(image, ax=axes, label="share of the true class")
-    figure.tight_layout()
-    return _save(figure, path)
+    return image
 
 
 def attribution_figure(

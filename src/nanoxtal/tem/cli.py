@@ -196,8 +196,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
         metrics |= found
         if args.shapes_figure:
-            with atomic_write(args.shapes_figure) as partial:
-                shape_figure(matrices, partial)
+            shape_figure(matrices, args.shapes_figure)  # written atomically
     with atomic_write(args.out) as partial:
         partial.write_text(json.dumps(metrics, indent=2, default=_json_number) + "\n")
     if args.per_image:

@@ -59,6 +59,7 @@ import pandas as pd
 from scipy import sparse
 
 from nanoxtal.metrics import accuracy, confusion
+from nanoxtal.plots import confusion_panels
 from nanoxtal.tem.instances import border_flags
 from nanoxtal.tem.io import LabelledImage, fixed_split, read_labelled_set
 from nanoxtal.tem.measure import classify_shapes
@@ -580,8 +581,9 @@ def evaluate_synthetic_shapes(
 
     Returns:
         Flat metrics ``"shapes/synthetic/<method>/<metric>"``: ``accuracy`` and
-        ``balanced_accuracy`` over particles, ``dominant_accuracy`` (the most frequent
-        predicted class of an image is its class: the label a sample gets), ``particles``,
+        ``balanced_accuracy`` over particles, ``dominant_accuracy`` (share of images whose
+        most frequent class among their scored particles is right: the label a sample
+        gets; images without scored particles left out), ``particles``,
         ``recall/<class>``; with ``shapes/synthetic/seed`` and ``.../per_class``. And the
         confusion matrix (truth rows, predicted columns, ``SHAPE_CLASSES`` order) of each
         method.
@@ -639,51 +641,12 @@ def _matched_shape_classes(truth: np.ndarray, predicted: np.ndarray) -> np.ndarr
 
 
 def shape_figure(matrices: Mapping[str, np.ndarray], path: Path | str) -> Path:
-    """Row-normalised confusion matrices of the shape classes, one panel per method.
-
-    Args:
-        matrices: Confusion counts (truth rows, predicted columns) by method.
-        path: PNG to write.
-
-    Returns:
-        ``path``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(matrices), figsize=(4.6 * len(matrices), 4.4), squeeze=False)
-    short = [name.replace(" shape", "").replace("-pointed star", "-star") for name in SHAPE_CLASSES]
-    for axis, (name, matrix) in zip(axes[0], matrices.items(), strict=True):
-        share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-        axis.imshow(share, vmin=0, vmax=1, cmap="Blues")
-        for (row, col), value in np.ndenumerate(share):
-            if value >= 0.05:
-                colour = "white" if value > 0.6 else "black"
-                axis.text(
-                    col,
-                    row,
-                    f"{100 * value:.0f}",
-                    ha="center",
-                    va="center",
-                    fontsize=6,
-                    color=colour,
-                )
-        axis.set_xticks(range(len(short)), short, rotation=60, ha="right", fontsize=7)
-        axis.set_yticks(range(len(short)), short, fontsize=7)
-        axis.set_xlabel("predicted")
-        axis.set_title(
-            f"{name}: {np.trace(matrix) / max(matrix.sum(), 1):.0%} of {matrix.sum()}", fontsize=9
-        )
-    axes[0][0].set_ylabel("simulated class")
-    figure.suptitle("Shape classes of simulated micrographs (% of each row)", fontsize=10)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, format="png")
-    plt.close(figure)
-    return path
+    """Confusion matrices of the shape classes (``evaluate_synthetic_shapes``), one per method."""
+    labels = [
+        name.replace(" shape", "").replace("-pointed star", "-star") for name in SHAPE_CLASSES
+    ]
+    title = "Shape classes of simulated micrographs (rows: simulated class)"
+    return confusion_panels(matrices, labels, title, path)
 
 
 def evaluation_figure(metrics: Mapping[str, object], path: Path | str) -> Path:
