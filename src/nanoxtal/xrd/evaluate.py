@@ -29,7 +29,7 @@ from nanoxtal.xrd.library import (
     library_probabilities,
     nearest_neighbour,
 )
-from nanoxtal.xrd.module import XrdClassifier, embed_patterns, load_classifier
+from nanoxtal.xrd.module import XrdClassifier, embed_patterns, load_classifier, run_batched
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS
 from nanoxtal.xrd.render import Augmentation, Grid
 from nanoxtal.xrd.structures import (
@@ -57,15 +57,8 @@ def probabilities(
     model: XrdClassifier, patterns: np.ndarray | torch.Tensor, batch_size: int = 128
 ) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated probabilities of crystal systems (N, 7) and space groups (N, 230)."""
-    model.eval()
-    device = next(model.parameters()).device
-    patterns = torch.as_tensor(patterns, dtype=torch.float32)
-    cs, sg = [], []
-    for start in range(0, len(patterns), batch_size):
-        p_cs, p_sg = model.predict_proba(patterns[start : start + batch_size].to(device))
-        cs.append(p_cs.cpu())
-        sg.append(p_sg.cpu())
-    return torch.cat(cs).numpy(), torch.cat(sg).numpy()
+    cs, sg = run_batched(model, model.predict_proba, patterns, batch_size)
+    return cs.numpy(), sg.numpy()
 
 
 def search_library(

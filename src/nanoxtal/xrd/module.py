@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -211,16 +212,30 @@ def load_classifier(checkpoint: Path | str, map_location: str = "cpu") -> XrdCla
 
 
 @torch.no_grad()
-def embed_patterns(model: XrdClassifier, patterns: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """``model.embed`` of patterns (N, points), in batches on the model's device: (N, hidden)."""
+def run_batched(
+    model: XrdClassifier,
+    method: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]],
+    patterns: np.ndarray | torch.Tensor,
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, ...]:
+    """A method of ``model`` (e.g. ``model``, ``model.embed``) over patterns (N, points).
+
+    The model is put in eval mode; batches go to its device, outputs come back to the CPU and
+    are concatenated per output.
+    """
     model.eval()
     device = next(model.parameters()).device
-    patterns = torch.as_tensor(np.asarray(patterns), dtype=torch.float32)
-    parts = [
-        model.embed(patterns[start : start + batch_size].to(device)).cpu()
-        for start in range(0, len(patterns), batch_size)
-    ]
-    return torch.cat(parts).numpy()
+    patterns = torch.as_tensor(patterns, dtype=torch.float32)
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for start in range(0, len(patterns), batch_size):
+        out = method(patterns[start : start + batch_size].to(device))
+        parts.append(tuple(t.cpu() for t in (out if isinstance(out, tuple) else (out,))))
+    return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+
+
+def embed_patterns(model: XrdClassifier, patterns: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """``model.embed`` of patterns (N, points): (N, hidden)."""
+    return run_batched(model, model.embed, patterns, batch_size)[0].numpy()
 
 
 def store_temperatures(checkpoint: Path | str, temperatures: tuple[float, float]) -> None:

@@ -23,6 +23,7 @@ from nanoxtal.xrd.module import (
     embed_patterns,
     fit_temperature,
     load_classifier,
+    run_batched,
     store_temperatures,
 )
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS, N_SPACE_GROUPS, build_net
@@ -205,16 +206,10 @@ def validation_rows(count: int, settings: FinetuneSettings, seed: int) -> np.nda
     return np.sort(order[: max(1, round(settings.validation_share * count))])
 
 
-@torch.no_grad()
-def _logits(
-    checkpoint: Path | str, patterns: np.ndarray, batch_size: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _logits(checkpoint: Path | str, patterns: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     model = load_classifier(checkpoint)
-    batches = [
-        model(torch.as_tensor(patterns[i : i + batch_size], dtype=torch.float32))
-        for i in range(0, len(patterns), batch_size)
-    ]
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    cs, sg = run_batched(model, model, patterns)
+    return cs, sg
 
 
 def crossfit_logits(
