@@ -69,6 +69,16 @@ class SegmentSettings:
             the training halves of msa_em and au_monolayer, never on test images: factor
             0.2 raised msa_em's AP50 there from 0.78 to 0.81 (0.1: 0.80, 0.3: 0.81 with
             lower AP75) and left au_monolayer's unchanged.
+        foreground_smooth_factor: Gaussian smoothing of the foreground probability before
+            it is thresholded, relative to the typical particle radius r: σ = factor · r
+            (0: none). The network's probability is ragged at particle rims on textured
+            carbon film, so thresholded outlines were jagged (measured sizes, shapes and
+            the IoU with the truth suffer) and ragged rims seeded fragments. Chosen on the
+            training halves (maps of the committed network, session 10): msa_em AP50 / AP75 /
+            count error 0.867 / 0.658 / 0.092 without, 0.896 / 0.745 / 0.078 at 0.05,
+            **0.900 / 0.770 / 0.083 at 0.07**, 0.898 / 0.778 / 0.085 at 0.1, 0.831 / 0.712 /
+            0.116 at 0.2; au_monolayer unchanged up to 0.1 (0.954 / 0.742); shape accuracy on
+            development micrographs (seed 11) 0.372 → 0.375.
         tile_px: Largest inference tile (px).
         test_time_augment: Average the network's maps over the 8 flips and rotations
             (``augmented_maps``) at 8× the cost. On the training halves: msa_em AP50
@@ -93,6 +103,7 @@ class SegmentSettings:
     edge_area_share: float = 0.3
     distance_smooth_px: float = 2.0
     distance_smooth_factor: float = 0.2
+    foreground_smooth_factor: float = 0.07
     tile_px: int = 1024
     test_time_augment: bool = False
     background_fraction: float = 0.09
@@ -104,6 +115,10 @@ class SegmentSettings:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must be within (0, 1), got {value}")
+        if self.foreground_smooth_factor < 0:
+            raise ValueError(
+                f"foreground_smooth_factor must be ≥ 0, got {self.foreground_smooth_factor}"
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> SegmentSettings:
@@ -186,12 +201,21 @@ def instances_from_maps(maps: Mapping[str, np.ndarray], settings: SegmentSetting
     Returns:
         int32 instance labels 1..n, 0 = background.
     """
-    foreground = ndimage.binary_fill_holes(maps["foreground"] > settings.foreground_threshold)
+    probability = maps["foreground"]
+    foreground = ndimage.binary_fill_holes(probability > settings.foreground_threshold)
     if not foreground.any():
         return np.zeros(foreground.shape, dtype=np.int32)
     radius = estimate_radius(ndimage.distance_transform_edt(foreground), foreground)
+    if settings.foreground_smooth_factor > 0:
+        probability = ndimage.gaussian_filter(
+            probability, settings.foreground_smooth_factor * radius
+        )
+        foreground = ndimage.binary_fill_holes(probability > settings.foreground_threshold)
+        if not foreground.any():
+            return np.zeros(foreground.shape, dtype=np.int32)
+        radius = estimate_radius(ndimage.distance_transform_edt(foreground), foreground)
     labels = watershed_instances(
-        maps["foreground"],
+        probability,
         maps["distance"],
         kind="distance",
         foreground_threshold=settings.foreground_threshold,
