@@ -153,7 +153,7 @@ def single_phase_folder(folder):
 
 
 def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
-    structures, peaks, _ = tiny_tables
+    structures, peaks, table = tiny_tables
     common = ["--trainer", json.dumps({"max_epochs": 1, "accelerator": "cpu"}), "--seed", "3"]
     assert (
         main(
@@ -231,6 +231,11 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
         np.mean(space_group[plain] == space_group[held])
     )
     assert 0.0 <= metrics["rruff_heldout/library/space_group_accuracy"] <= 1.0
+    # Half the tiny crystals are training structures: their renders are found among them.
+    lookup = "rruff_heldout/synthetic_lookup"
+    assert metrics[f"{lookup}/structures"] == int((table["split"] == "train").sum())
+    assert 0.25 <= metrics[f"{lookup}/space_group_accuracy"] <= 1.0
+    assert 0.0 < metrics[f"{lookup}/similarity_median"] <= 1.0
     # The library's close matches carry the (barely trained) model to the floor's level.
     assert metrics["rruff_heldout/tiny/finetuned+library/space_group_accuracy"] > 0.5
     for key in (
