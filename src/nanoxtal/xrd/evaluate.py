@@ -21,7 +21,7 @@ from nanoxtal.metrics import (
     top_k_accuracy,
 )
 from nanoxtal.plots import attribution_figure, confusion_figure, reliability_figure
-from nanoxtal.xrd.datamodule import RenderCollate, XrdDataModule
+from nanoxtal.xrd.datamodule import RenderCollate, StickSet, XrdDataModule
 from nanoxtal.xrd.io import PatternReadError, read_patterns, to_grid
 from nanoxtal.xrd.library import (
     Library,
@@ -31,7 +31,7 @@ from nanoxtal.xrd.library import (
 )
 from nanoxtal.xrd.module import XrdClassifier, embed_patterns, load_classifier, run_batched
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS
-from nanoxtal.xrd.render import Augmentation, Grid
+from nanoxtal.xrd.render import Augmentation, Grid, Renderer
 from nanoxtal.xrd.structures import (
     CRYSTAL_SYSTEMS,
     StructureError,
@@ -160,25 +160,24 @@ def render_split(
 
 
 def nearest_rendered(
-    data: XrdDataModule, name: str, queries: np.ndarray, seed: int, chunk: int = 512
+    structures: StickSet, renderer: Renderer, queries: np.ndarray, seed: int, chunk: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The clean-rendered structure of split ``name`` most cosine-similar to each query.
+    """The clean-rendered structure most cosine-similar to each query.
 
     How well the synthetic training set covers measured patterns: a measured pattern whose
     nearest simulated structure has another space group is one the training data holds no
-    close analogue of. The split is rendered without experimental effects, ``chunk``
-    structures at a time, so memory stays bounded whatever the split's size.
+    close analogue of. The structures are rendered without experimental effects, ``chunk``
+    at a time, so memory stays bounded whatever their number.
 
     Returns:
-        Per query: the row (into ``data.subset(name)``) of its nearest structure and the
-        cosine similarity.
+        Per query: the row (into ``structures``) of its nearest structure and the cosine
+        similarity.
     """
-    subset = data.subset(name)
-    collate = RenderCollate(subset, data.renderer, Augmentation.clean(), seed, fixed=True)
+    collate = RenderCollate(structures, renderer, Augmentation.clean(), seed, fixed=True)
     rows = np.zeros(len(queries), dtype=np.int64)
     best = np.full(len(queries), -np.inf)
-    for start in range(0, len(subset), chunk):
-        rendered = collate(list(range(start, min(start + chunk, len(subset)))))["pattern"]
+    for start in range(0, len(structures), chunk):
+        rendered = collate(list(range(start, min(start + chunk, len(structures)))))["pattern"]
         index, similarity = nearest_neighbour(rendered.numpy(), queries)
         closer = similarity > best
         rows[closer] = start + index[closer]
@@ -268,8 +267,8 @@ def evaluate_models(
     cubic = render_split(data, "test", strained, seed + 7, cubic_rows)
     # The same lookup into the synthetic training structures: the no-RRUFF analogue of the
     # floor, and how close the training data comes to the measured patterns at all.
-    index, similarity = nearest_rendered(data, "train", patterns[held], seed)
     train = data.subset("train")
+    index, similarity = nearest_rendered(train, data.renderer, patterns[held], seed)
     lookup = "rruff_heldout/synthetic_lookup"
     metrics[f"{lookup}/crystal_system_accuracy"] = accuracy(cs[held], train.crystal_system[index])
     metrics[f"{lookup}/space_group_accuracy"] = accuracy(sg[held], train.space_group[index])
