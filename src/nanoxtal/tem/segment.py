@@ -207,13 +207,14 @@ def instances_from_maps(maps: Mapping[str, np.ndarray], settings: SegmentSetting
         return np.zeros(foreground.shape, dtype=np.int32)
     radius = estimate_radius(ndimage.distance_transform_edt(foreground), foreground)
     if settings.foreground_smooth_factor > 0:
+        # The radius of the unsmoothed foreground serves below too: smoothing over a few % of
+        # it barely moves it, and a second estimate would cost ~0.09 s per megapixel.
         probability = ndimage.gaussian_filter(
             probability, settings.foreground_smooth_factor * radius
         )
         foreground = ndimage.binary_fill_holes(probability > settings.foreground_threshold)
         if not foreground.any():
             return np.zeros(foreground.shape, dtype=np.int32)
-        radius = estimate_radius(ndimage.distance_transform_edt(foreground), foreground)
     labels = watershed_instances(
         probability,
         maps["distance"],
