@@ -236,6 +236,14 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
         for key in ("ap50", "semantic_miou"):
             assert 0.0 <= tem[f"msa_em/{method}/{key}"] <= 1.0, (method, key)
         assert tem[f"msa_em/{method}/count_error"] >= 0.0  # the 1-epoch model over-splits
+    # The model − baseline difference pairs the same 10 held-out images (nothing failed).
+    compared = "msa_em/model_minus_baseline/ap50"
+    assert tem[f"{compared}/images"] == 10
+    difference = tem["msa_em/model/ap50"] - tem["msa_em/baseline/ap50"]
+    assert tem[f"{compared}/difference"] == pytest.approx(difference)
+    assert (
+        tem[f"{compared}/ci95_low"] <= tem[f"{compared}/difference"] <= tem[f"{compared}/ci95_high"]
+    )
     # The baseline needs no training: its score on the held-out half is the real one.
     assert tem["msa_em/baseline/ap50"] > 0.85 and tem["msa_em/baseline/n_true"] > 100
     # The labelled bank holds the training half of msa_em only, never a test image.

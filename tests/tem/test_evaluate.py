@@ -3,11 +3,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from nanoxtal.tem.evaluate import (
     average_precision,
     box_count_error,
+    compare_methods,
     count_error,
     diameter_error,
     equivalent_diameters,
@@ -198,6 +200,46 @@ def test_evaluate_set_records_failures_and_continues():
     assert summary["count_error"] == pytest.approx(0.1)
     assert summary["n_true"] == 9 and summary["n_pred"] == 8
     assert summarise(table[table["name"] == "boxes"])["evaluated"] == 1
+
+
+def scored(values: dict[str, list[float | None]], metric: str = "ap50") -> pd.DataFrame:
+    """Per-image rows of several methods; None is an image the method failed on."""
+    rows = []
+    for method, per_image in values.items():
+        for index, value in enumerate(per_image):
+            error = "RuntimeError: crashed" if value is None else None
+            rows.append({"name": f"img{index}", "error": error, "method": method, metric: value})
+    return pd.DataFrame(rows)
+
+
+def test_compare_methods_resamples_images_in_pairs():
+    # Image-to-image spread is large, the paired difference constant: only a paired bootstrap
+    # gives an interval of zero width.
+    model = [0.2, 0.9, 0.5, 0.7, 0.3]
+    table = scored({"model": model, "baseline": [value - 0.1 for value in model]})
+    found = compare_methods(table, metrics=["ap50"], resamples=500, seed=1)["ap50"]
+    assert found["difference"] == pytest.approx(0.1)
+    assert found["ci95_low"] == pytest.approx(0.1) and found["ci95_high"] == pytest.approx(0.1)
+    assert found["images"] == 5
+
+
+def test_compare_methods_interval_covers_a_tie_and_skips_unpaired_images():
+    # Differences +0.2, −0.2, +0.2, −0.2 (a tie) on 4 pairs; img4 failed for the baseline.
+    table = scored({"model": [0.9, 0.5, 0.9, 0.5, 0.1], "baseline": [0.7, 0.7, 0.7, 0.7, None]})
+    found = compare_methods(table, metrics=["ap50"], resamples=4000, seed=3)["ap50"]
+    assert found["images"] == 4 and found["difference"] == pytest.approx(0.0)
+    # Resampled means of 4 draws of ±0.2 reach ±0.2 with probability 1/16 each side.
+    assert found["ci95_low"] == pytest.approx(-0.2) and found["ci95_high"] == pytest.approx(0.2)
+    again = compare_methods(table, metrics=["ap50"], resamples=4000, seed=3)["ap50"]
+    assert again == found
+
+
+def test_compare_methods_needs_two_images_for_an_interval_and_both_methods():
+    one = compare_methods(scored({"model": [0.8], "baseline": [0.6]}), metrics=["ap50"])
+    assert one["ap50"]["difference"] == pytest.approx(0.2)
+    assert one["ap50"]["ci95_low"] is None and one["ap50"]["ci95_high"] is None
+    assert compare_methods(scored({"model": [0.8, 0.7]}), metrics=["ap50"]) == {}
+    assert compare_methods(scored({"model": [0.8], "baseline": [0.6]}), metrics=["ap75"]) == {}
 
 
 def test_synthetic_shapes_scores_exact_outlines_and_failed_segmentations():

@@ -8,7 +8,7 @@ from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
 from nanoxtal.cli import main
-from nanoxtal.tem.evaluate import evaluate_test_parts
+from nanoxtal.tem.evaluate import evaluate_test_parts, evaluation_figure
 from nanoxtal.tem.segment import SegmentSettings, instances_from_maps, segment_image
 
 CENTRES = [(20, 20), (20, 60), (60, 40)]
@@ -160,6 +160,24 @@ def test_evaluation_scores_only_the_held_out_images(msa_like):
     assert len(test) == 3 and len(seen) == 3 and sorted(table["name"]) == test
     assert metrics["msa_em/baseline/ap50"] == 1.0 and metrics["msa_em/baseline/n_true"] == 6
     assert metrics["split_seed"] == 42 and metrics["test_share"] == 0.5
+    assert not any("model_minus_baseline" in key for key in metrics)
+
+
+def test_evaluation_compares_model_and_baseline_image_by_image(msa_like, tmp_path):
+    def one_missed(image: np.ndarray) -> np.ndarray:
+        labels = segment_image(image)
+        return np.where(labels == labels.max(), 0, labels)  # 1 of the 2 particles per image
+
+    predictors = {"model": one_missed, "baseline": segment_image}
+    metrics, _ = evaluate_test_parts({"msa_em": msa_like}, predictors, 42, 0.5)
+    ap50 = {
+        key: metrics[f"msa_em/model_minus_baseline/ap50/{key}"]
+        for key in ("difference", "ci95_low", "ci95_high", "images")
+    }
+    assert ap50 == {"difference": -0.5, "ci95_low": -0.5, "ci95_high": -0.5, "images": 3}
+    assert metrics["msa_em/model_minus_baseline/count_error/difference"] == 0.5
+    figure = evaluation_figure(metrics, tmp_path / "evaluation.png")
+    assert figure.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_evaluate_writes_metrics_table_and_figure(tmp_path, msa_like, capsys):
