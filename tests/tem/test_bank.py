@@ -19,6 +19,7 @@ from nanoxtal.tem.bank import (
 from nanoxtal.tem.datamodule import BankCrops, TemDataModule
 from nanoxtal.tem.module import load_segmenter, segmentation_losses
 from nanoxtal.tem.nets import OUTPUTS
+from nanoxtal.tem.segment import SegmentSettings
 from nanoxtal.tem.training import TrainSettings, train_segmenter
 from nanoxtal.train import TrainerSettings
 
@@ -190,6 +191,9 @@ def test_pseudo_labels_keep_confident_particles_and_distrust_the_rest():
     # Test-time augmentation maps every view back: the same labels for an exact teacher.
     augmented, _ = pseudo_label(FakeTeacher(), view, PseudoSettings())
     np.testing.assert_array_equal(augmented > 0, instances > 0)
+    # The labels follow the segmentation settings the student will serve with.
+    strict = SegmentSettings(foreground_threshold=0.98)
+    assert pseudo_label(FakeTeacher(), view, settings, strict)[0].max() == 0
 
 
 def test_fine_tuning_starts_from_the_given_weights_and_mixes_banks(tmp_path):

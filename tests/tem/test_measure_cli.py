@@ -107,3 +107,20 @@ def test_measure_missing_model_and_bad_pixel_size(images, tmp_path, capsys):
     assert main([*args, "--nm-per-px", "-1"]) == 1
     assert "nm-per-px" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_measure_takes_segment_settings_and_polarity_overrides_them(images, tmp_path, capsys):
+    def counts(*options: str) -> int:
+        out = tmp_path / "_".join(options).replace("{", "").replace('"', "")[:40]
+        args = ["tem", "measure", str(images["jpeg"]), "--out", str(out), "--no-progress"]
+        assert main([*args, *options]) == 0
+        return int(pd.read_csv(out / "summary.csv")["count"].iloc[0])
+
+    dark = counts()
+    # The settings' polarity is used: dark particles taken for bright ones find other "particles".
+    bright = counts("--segment", '{"polarity": "bright"}')
+    assert bright != dark
+    assert counts("--segment", '{"polarity": "bright"}', "--polarity", "dark") == dark
+    args = ["tem", "measure", str(images["jpeg"]), "--out", str(tmp_path / "bad")]
+    assert main([*args, "--segment", '{"colour": 1}', "--no-progress"]) == 1
+    assert "unknown TEM segmentation setting 'colour'" in capsys.readouterr().err

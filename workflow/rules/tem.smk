@@ -61,6 +61,7 @@ rule tem_pseudo:
         "results/tem/banks/pseudo.npz",
     params:
         settings=json.dumps(config["tem"]["pseudo"]),
+        segment=json.dumps(config["tem"]["segment"]),
     log:
         "logs/tem/pseudo.log",
     benchmark:
@@ -73,7 +74,7 @@ rule tem_pseudo:
         "../../envs/tem.yaml"
     shell:
         "nanoxtal tem pseudo {input.images:q} --model {input.model:q} --out {output:q}"
-        " --settings {params.settings:q} --no-progress > {log:q} 2>&1"
+        " --settings {params.settings:q} --segment {params.segment:q} --no-progress > {log:q} 2>&1"
 
 
 rule tem_student:
@@ -187,4 +188,4 @@ rule tem_measure:
         "../../envs/tem.yaml"
     shell:
         "nanoxtal tem measure {input.images:q} --model {input.model:q} --out {params.out_dir:q}"
-        " --no-progress > {log:q} 2>&1"
+        " --segment {params.segment:q} --no-progress > {log:q} 2>&1"

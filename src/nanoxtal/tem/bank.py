@@ -239,7 +239,10 @@ class PseudoSettings:
 
 
 def pseudo_label(
-    model: Segmenter, image: np.ndarray, settings: PseudoSettings
+    model: Segmenter,
+    image: np.ndarray,
+    settings: PseudoSettings,
+    segment: SegmentSettings | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instance labels and trusted-pixel mask of one unlabelled micrograph.
 
@@ -247,13 +250,16 @@ def pseudo_label(
         model: The teacher.
         image: Grey micrograph, dark particles on a bright film.
         settings: Confidence filters.
+        segment: How the teacher's maps become instances (default ``SegmentSettings()``):
+            the same settings as the segmentation the student will serve, so labels and
+            later predictions share one outline convention.
 
     Returns:
         int32 instances (0 = film) and the bool mask of trusted pixels.
     """
     maps = augmented_maps(model, image, settings.augment)
     foreground = maps["foreground"]
-    instances = instances_from_maps(maps, SegmentSettings())
+    instances = instances_from_maps(maps, segment or SegmentSettings())
     margin = settings.confident_margin
     valid = (foreground < margin) | (foreground > 1.0 - margin)
     ids = np.arange(1, instances.max() + 1)
@@ -263,7 +269,8 @@ def pseudo_label(
         doubtful = np.isin(instances, dropped)
         instances = np.where(doubtful, 0, instances)
         valid &= ~doubtful
-        # Kept particles are trusted whole: their rims are where the probability crosses 0.5.
+        # Kept particles are trusted whole: their rims are where the probability crosses the
+        # foreground threshold.
         valid |= instances > 0
     return instances.astype(np.int32), valid
 
@@ -273,11 +280,12 @@ def pseudo_bank(
     images: Sequence[np.ndarray],
     names: Sequence[str],
     settings: PseudoSettings,
+    segment: SegmentSettings | None = None,
 ) -> ImageBank:
-    """A pseudo-labelled bank of unlabelled micrographs (self-training)."""
+    """A pseudo-labelled bank of unlabelled micrographs (self-training; ``pseudo_label``)."""
     labels, masks = [], []
     for image in images:
-        instances, valid = pseudo_label(model, image, settings)
+        instances, valid = pseudo_label(model, image, settings, segment)
         labels.append(instances)
         masks.append(valid)
     return ImageBank(

@@ -100,8 +100,10 @@ def _pseudo(args: argparse.Namespace) -> int:
     from nanoxtal.tem.bank import PseudoSettings, pseudo_bank, save_bank
     from nanoxtal.tem.io import TemImageError, image_files, read_image
     from nanoxtal.tem.module import load_segmenter
+    from nanoxtal.tem.segment import SegmentSettings
 
     settings = settings_from(PseudoSettings, args.settings, "pseudo-label")
+    segment = SegmentSettings.from_mapping(args.segment)
     model = load_segmenter(args.model)
     files, failed = image_files(args.images)
     for message in failed:
@@ -117,7 +119,11 @@ def _pseudo(args: argparse.Namespace) -> int:
     if not images:
         raise SystemExit(f"no readable image among {len(files)} files: nothing to pseudo-label")
     bank = pseudo_bank(
-        model, tqdm(images, desc="pseudo-label", disable=args.no_progress), names, settings
+        model,
+        tqdm(images, desc="pseudo-label", disable=args.no_progress),
+        names,
+        settings,
+        segment,
     )
     save_bank(bank, args.out)
     kept = sum(int(np.count_nonzero(np.unique(labels))) for labels in bank.instances)
@@ -139,6 +145,17 @@ def labelled_folder(text: str) -> tuple[str, Path]:
             f"expected NAME=FOLDER with NAME one of {', '.join(LABELLED_SETS)}, got {text!r}"
         )
     return name, Path(folder)
+
+
+def _segment_argument(parser: argparse.ArgumentParser) -> None:
+    """``--segment``: how the network's maps become instances, the same for every verb."""
+    parser.add_argument(
+        "--segment",
+        type=json_object,
+        default={},
+        help="JSON object of SegmentSettings fields (nanoxtal.tem.segment), e.g. the"
+        " tem.segment config block",
+    )
 
 
 def _split_arguments(parser: argparse.ArgumentParser) -> None:
@@ -293,7 +310,8 @@ def _measure(args: argparse.Namespace) -> int:
 
         model, segmenter = load_segmenter(args.model), f"network {args.model}"
     print(f"segmenter: {segmenter}")
-    settings = SegmentSettings(polarity=args.polarity)
+    segment = args.segment | ({"polarity": args.polarity} if args.polarity else {})
+    settings = SegmentSettings.from_mapping(segment)
     files, problems = image_files(args.images, IMAGE_SUFFIXES | GATAN_SUFFIXES)
     for message in problems:
         print(f"nanoxtal: error: {message}", file=sys.stderr)
@@ -421,6 +439,7 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         default={},
         help="JSON object of PseudoSettings fields (nanoxtal.tem.bank)",
     )
+    _segment_argument(pseudo)
     pseudo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     pseudo.set_defaults(func=_pseudo)
 
@@ -433,12 +452,7 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", type=Path, required=True, help="metrics JSON")
     evaluate.add_argument("--per-image", type=Path, help="per-image CSV")
     evaluate.add_argument("--figure", type=Path, help="PNG of the headline metrics")
-    evaluate.add_argument(
-        "--segment",
-        type=json_object,
-        default={},
-        help="JSON object of SegmentSettings fields (nanoxtal.tem.segment)",
-    )
+    _segment_argument(evaluate)
     evaluate.add_argument(
         "--polarity",
         type=lambda text: tuple(text.split("=", 1)),
@@ -483,8 +497,9 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     measure.add_argument(
         "--polarity",
         choices=("dark", "bright", "auto"),
-        default="dark",
-        help="dark particles (bright-field TEM), bright (HAADF STEM) or guessed per image",
+        help="dark particles (bright-field TEM), bright (HAADF STEM) or guessed per image;"
+        " default: the --segment settings' polarity, else dark",
     )
+    _segment_argument(measure)
     measure.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     measure.set_defaults(func=_measure)
