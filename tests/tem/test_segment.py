@@ -8,7 +8,11 @@ from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
 from nanoxtal.cli import main
-from nanoxtal.tem.evaluate import evaluate_test_parts, evaluation_figure
+from nanoxtal.tem.evaluate import (
+    evaluate_test_parts,
+    evaluation_figure,
+    figure_sets_and_methods,
+)
 from nanoxtal.tem.segment import SegmentSettings, instances_from_maps, segment_image
 
 CENTRES = [(20, 20), (20, 60), (60, 40)]
@@ -178,6 +182,9 @@ def test_evaluation_compares_model_and_baseline_image_by_image(msa_like, tmp_pat
     assert metrics["msa_em/model_minus_baseline/count_error/difference"] == 0.5
     figure = evaluation_figure(metrics, tmp_path / "evaluation.png")
     assert figure.read_bytes()[:4] == b"\x89PNG"
+    # The shape scores on simulated micrographs are neither a set nor a method of the bars.
+    shapes = {"shapes/synthetic/seed": 3, "shapes/synthetic/model": {}}
+    assert figure_sets_and_methods(metrics | shapes) == (["msa_em"], ["model", "baseline"])
 
 
 def test_cli_evaluate_writes_metrics_table_and_figure(tmp_path, msa_like, capsys):

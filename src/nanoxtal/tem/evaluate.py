@@ -739,9 +739,7 @@ def evaluation_figure(metrics: Mapping[str, object], path: Path | str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [key.split("/") for key in metrics if key.count("/") == 2]
-    sets = list(dict.fromkeys(name for name, _, _ in keys))
-    methods = list(dict.fromkeys(method for _, method, _ in keys))
+    sets, methods = figure_sets_and_methods(metrics)
     panels = ("ap50", "ap75", "semantic_miou", "count_error")
     figure, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 3.4))
     width = 0.8 / max(1, len(methods))
@@ -761,6 +759,18 @@ def evaluation_figure(metrics: Mapping[str, object], path: Path | str) -> Path:
     figure.savefig(path, dpi=120, format="png")
     plt.close(figure)
     return path
+
+
+def figure_sets_and_methods(metrics: Mapping[str, object]) -> tuple[list[str], list[str]]:
+    """The labelled sets (those with ``<set>/test_images``) and the methods scored on them.
+
+    The simulated shape micrographs (``shapes/synthetic/...``) and the model − baseline
+    comparison are not a set or a method.
+    """
+    sets = [key.removesuffix("/test_images") for key in metrics if key.endswith("/test_images")]
+    keys = [key.split("/") for key in metrics if key.count("/") == 2]
+    methods = [method for name, method, _ in keys if name in sets and method != COMPARISON]
+    return sets, list(dict.fromkeys(methods))
 
 
 def _difference_panel(axis, metrics: Mapping[str, object], sets: Sequence[str]) -> None:
