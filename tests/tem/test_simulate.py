@@ -200,6 +200,29 @@ def test_touches_border_flags():
     assert flagged
 
 
+def test_edge_overhang_lets_the_image_edge_cut_slivers():
+    def visible_shares(overhang: float) -> np.ndarray:
+        chosen = settings(
+            coverage=0.3,
+            overlap_probability=0.0,
+            touching_probability=0.0,
+            shape_weights={"sphere": 1.0},
+            edge_overhang=overhang,
+            scale_bar=False,
+        )
+        table = simulate_micrograph(chosen, 5).particles
+        cut = table[table["touches_border"]]
+        return (cut["visible_px"] / cut["area_px"]).to_numpy()
+
+    # Centres inside the image: a disc cut by the edge keeps about half of itself (a quarter
+    # in a corner).
+    assert visible_shares(0.0).min() > 0.2
+    slivers = visible_shares(1.0)
+    assert (slivers < 0.2).sum() >= 3 and (slivers > 0).all()
+    with pytest.raises(ValueError, match="edge_overhang"):
+        MicrographSettings(edge_overhang=1.5)
+
+
 def test_monolayer_packs_without_overlaps():
     micrograph = simulate_micrograph(
         settings(monolayer=True, shape_weights={"sphere": 1.0}, diameter_nm=6.0), 3

@@ -101,6 +101,11 @@ class MicrographSettings:
         touching_probability: Chance that a particle is placed touching one already placed.
         overlap_probability: Chance that it is placed overlapping one (0: no overlaps).
         min_gap_nm: Least gap between freely placed particles (nm), e.g. the ligand shell.
+        edge_overhang: How far a particle's centre may lie outside the image, as a fraction
+            of its half-size (0: centres inside, so every cut particle shows at least about
+            half of itself; 1: down to a sliver). A micrograph is a window on a larger
+            specimen, and the image edge cuts particles at any fraction; annotators mark
+            the slivers too. Not used by monolayers.
         monolayer: Pack the particles in hexagonal monolayer domains instead; ``count``,
             ``coverage`` and the touching and overlap probabilities are then unused.
         monolayer_fraction: Fraction of the image covered by monolayer domains.
@@ -143,6 +148,7 @@ class MicrographSettings:
     touching_probability: float = 0.3
     overlap_probability: float = 0.05
     min_gap_nm: float = 1.0
+    edge_overhang: float = 0.0
     monolayer: bool = False
     monolayer_fraction: float = 0.75
     monolayer_gap_nm: float = 2.0
@@ -197,6 +203,7 @@ def _problems(settings: MicrographSettings) -> list[str]:
             "aspect ratios must be ≥ 1",
         ),
         (s.aspect_spread >= 0 and s.plate_thickness > 0, "aspect_spread ≥ 0, plate_thickness > 0"),
+        (0 <= s.edge_overhang <= 1, "edge_overhang must be within 0–1"),
         (
             min(s.touching_probability, s.overlap_probability) >= 0
             and s.touching_probability + s.overlap_probability <= 1,
@@ -630,8 +637,8 @@ def _make_particle(
 class _Canvas:
     """Padded maps the particles are stamped into, and the placed particles in drawing order."""
 
-    def __init__(self, height: int, width: int, pad: int) -> None:
-        self.height, self.width, self.pad = height, width, pad
+    def __init__(self, height: int, width: int, pad: int, overhang: float = 0.0) -> None:
+        self.height, self.width, self.pad, self.overhang = height, width, pad, overhang
         shape = (height + 2 * pad, width + 2 * pad)
         self.occupied = np.zeros(shape, dtype=bool)
         self.cover = np.zeros(shape, dtype=np.uint8)
@@ -639,10 +646,15 @@ class _Canvas:
         self.depth = np.zeros(shape, dtype=np.float32)  # optical depth Σ t/λ
         self.placed: list[_Particle] = []
 
+    def margin(self, particle: _Particle) -> float:
+        """How far (px) the particle's centre may lie outside the image (``edge_overhang``)."""
+        return self.overhang * particle.size_px / 2
+
     def inside(self, particle: _Particle, row0: int, col0: int) -> bool:
-        """Whether the particle's centre falls within the image at this crop origin."""
+        """Whether the particle's centre falls within the image, grown by its margin."""
         row, col = row0 + particle.centre[0] - self.pad, col0 + particle.centre[1] - self.pad
-        return 0 <= row < self.height and 0 <= col < self.width
+        margin = self.margin(particle)
+        return -margin <= row < self.height + margin and -margin <= col < self.width + margin
 
     def free(self, mask: np.ndarray, row0: int, col0: int) -> bool:
         """Whether none of the mask's pixels is taken at this crop origin."""
@@ -660,7 +672,9 @@ class _Canvas:
         self.placed.append(particle)
 
     def random_origin(self, particle: _Particle, rng: np.random.Generator) -> tuple[int, int]:
-        row, col = rng.uniform(0, self.height), rng.uniform(0, self.width)
+        margin = self.margin(particle)
+        row = rng.uniform(-margin, self.height + margin)
+        col = rng.uniform(-margin, self.width + margin)
         return particle.centred_at(row + self.pad, col + self.pad)
 
 
@@ -715,7 +729,7 @@ def _scatter(settings: MicrographSettings, rng: np.random.Generator) -> _Canvas:
         _make_particle(settings, s, d, rng) for s, d in zip(shapes, diameters, strict=True)
     ]
     pad = max((p.mask.shape[0] for p in particles), default=0) + 2
-    canvas = _Canvas(settings.height_px, settings.width_px, pad)
+    canvas = _Canvas(settings.height_px, settings.width_px, pad, settings.edge_overhang)
     modes = rng.choice(
         ["free", "touching", "overlapping"],
         size=len(particles),
