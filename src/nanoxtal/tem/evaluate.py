@@ -743,7 +743,7 @@ def evaluation_figure(metrics: Mapping[str, object], path: Path | str) -> Path:
     panels = ("ap50", "ap75", "semantic_miou", "count_error")
     figure, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 3.4))
     width = 0.8 / max(1, len(methods))
-    for axis, metric in zip(axes, panels, strict=False):
+    for axis, metric in zip(axes[:-1], panels, strict=True):
         for index, method in enumerate(methods):
             heights = [_number(metrics.get(f"{name}/{method}/{metric}")) for name in sets]
             positions = np.arange(len(sets)) + (index - (len(methods) - 1) / 2) * width
@@ -778,17 +778,12 @@ def _difference_panel(axis, metrics: Mapping[str, object], sets: Sequence[str]) 
     width = 0.8 / len(COMPARED)
     for index, (metric, sign) in enumerate(COMPARED.items()):
         prefix = [f"{name}/{COMPARISON}/{metric}/" for name in sets]
-        middle = np.array([_number(metrics.get(p + "difference")) for p in prefix]) * sign
-        bounds = (
-            np.array(
-                [
-                    [_number(metrics.get(p + key)) for key in ("ci95_low", "ci95_high")]
-                    for p in prefix
-                ]
-            ).reshape(-1, 2)
-            * sign
+        middle, low, high = (
+            np.array([_number(metrics.get(p + key)) for p in prefix]) * sign
+            for key in ("difference", "ci95_low", "ci95_high")
         )
-        errors = np.abs(np.sort(bounds, axis=1) - middle[:, None]).T
+        # The sign flips the interval of the count error: below and above by magnitude.
+        errors = np.abs(np.vstack([np.minimum(low, high), np.maximum(low, high)]) - middle)
         positions = np.arange(len(sets)) + (index - (len(COMPARED) - 1) / 2) * width
         label = ("−" if sign < 0 else "") + metric.replace("_", " ")
         axis.errorbar(positions, middle, yerr=np.nan_to_num(errors), fmt="o", ms=4, label=label)
