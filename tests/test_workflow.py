@@ -268,3 +268,18 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     assert {"evaluation.png", "summary.csv"} <= names
     assert any(name.startswith("parity_random_forest") for name in names)
     assert any(name.startswith("reliability_xrdnet") for name in names)
+    # Cross-validation inside msa_em's training half, on demand: every training image is
+    # scored once, by the fold model whose bank left it out; no test image is read.
+    done = run_in(workdir, test_config, "results/tem/cv/metrics.json")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cv_root = workdir / "results" / "tem" / "cv"
+    pooled = json.loads((cv_root / "metrics.json").read_text())
+    training = sorted(name.removeprefix("msa_em/") for name in bank["images"])
+    assert pooled["cv_folds"] == 2 and pooled["msa_em/test_images"] == training
+    assert pooled["msa_em/model_minus_baseline/ap50/images"] == 10
+    for fold in (0, 1):
+        scored = json.loads((cv_root / f"fold{fold}" / "metrics.json").read_text())
+        fold_bank = json.loads((cv_root / f"fold{fold}" / "banks" / "labelled.json").read_text())
+        left_out = {f"msa_em/{name}" for name in scored["msa_em/test_images"]}
+        assert len(left_out) == 5 and not left_out & set(fold_bank["images"])
+        assert not test_names & set(fold_bank["images"]) and len(fold_bank["images"]) == 5

@@ -17,6 +17,7 @@ from nanoxtal.tem.bank import (
     save_bank,
 )
 from nanoxtal.tem.datamodule import BankCrops, TemDataModule
+from nanoxtal.tem.io import Split
 from nanoxtal.tem.module import load_segmenter, segmentation_losses
 from nanoxtal.tem.nets import OUTPUTS
 from nanoxtal.tem.segment import SegmentSettings
@@ -69,14 +70,26 @@ def test_bank_round_trip_and_merge(tmp_path):
 
 
 def test_labelled_bank_holds_the_training_part_only(msa_like):
-    bank, splits = labelled_bank({"msa_em": msa_like}, seed=42, test_share=0.5)
+    bank, splits = labelled_bank({"msa_em": msa_like}, Split(42, 0.5))
     split = splits["msa_em"]
     assert len(split["train"]) == 3 and len(split["test"]) == 3
     assert bank.names == tuple(f"msa_em/{name}" for name in split["train"])
     assert all(mask.all() for mask in bank.valid)
     assert all(labels.max() == 2 for labels in bank.instances)
     with pytest.raises(ValueError, match="no bank can be made of 'nanocrystals'"):
-        labelled_bank({"nanocrystals": msa_like}, seed=42, test_share=0.5)
+        labelled_bank({"nanocrystals": msa_like}, Split(42, 0.5))
+
+
+def test_cross_validation_banks_leave_out_their_fold_and_the_test_part(msa_like):
+    test = Split(42, 0.5).parts(path.stem for path in (msa_like / "images").iterdir())["test"]
+    held = []
+    for fold in range(2):
+        bank, splits = labelled_bank({"msa_em": msa_like}, Split(42, 0.5, 2, fold))
+        part = splits["msa_em"]
+        assert bank.names == tuple(f"msa_em/{name}" for name in part["train"])
+        assert not set(part["train"]) & set(test) and not set(part["test"]) & set(test)
+        held += part["test"]
+    assert len(held) == len(set(held)) == 3
 
 
 def test_box_labels_become_ellipses_and_bright_particles_are_inverted(tmp_path):
@@ -91,7 +104,7 @@ def test_box_labels_become_ellipses_and_bright_particles_are_inverted(tmp_path):
         # YOLO: class cx cy w h, normalised to the 60 × 40 image.
         lines = ["0 0.25 0.5 0.2 0.3", "0 0.6667 0.5 0.1333 0.2"]
         (root / "labels" / f"s{index}.txt").write_text("\n".join(lines) + "\n")
-    bank, split = labelled_bank({"stem_boxes": root}, seed=1, test_share=0.5)
+    bank, split = labelled_bank({"stem_boxes": root}, Split(1, 0.5))
     [name] = bank.names
     assert name == f"stem_boxes/{split['stem_boxes']['train'][0]}"
     labels, image = bank.instances[0], bank.images[0]
@@ -222,6 +235,11 @@ def test_cli_bank_and_pseudo(tmp_path, msa_like, capsys):
     args = ["tem", "bank", "--set", f"msa_em={msa_like}"]
     assert main([*args, "--out", str(out), "--summary", str(summary)]) == 0
     assert len(load_bank(out)) == 3 and '"test"' in summary.read_text()
+    fold = tmp_path / "fold1.npz"
+    assert main([*args, "--cv-folds", "2", "--cv-fold", "1", "--out", str(fold)]) == 0
+    assert len(load_bank(fold)) == 2  # the 3 training images dealt 2 + 1; fold 1 (1) is scored
+    with pytest.raises(SystemExit, match=r"fold must be within \[0, 2\)"):
+        main([*args, "--cv-folds", "2", "--cv-fold", "2", "--out", str(fold)])
     model = train_segmenter(tmp_path / "pre", TrainSettings(**TINY), CPU)
     (tmp_path / "bad.png").write_bytes(b"not a png")
     images = [str(msa_like / "images"), str(tmp_path / "bad.png")]

@@ -9,6 +9,7 @@ from skimage import io
 
 from nanoxtal.tem.io import (
     LUMA,
+    Split,
     TemImageError,
     fixed_split,
     read_image,
@@ -165,3 +166,35 @@ def test_fixed_split_sizes_and_errors():
         fixed_split(["a", "a"], 0, 0.5)
     with pytest.raises(ValueError, match="test_share"):
         fixed_split(NAMES, 0, 1.0)
+
+
+def test_split_without_folds_is_the_fixed_split():
+    assert Split(7, 0.3).parts(NAMES) == fixed_split(NAMES, 7, 0.3)
+    assert Split(7, 0.3).record() == {
+        "split_seed": 7,
+        "test_share": 0.3,
+        "cv_folds": 0,
+        "cv_fold": 0,
+    }
+
+
+def test_cross_validation_folds_cover_the_training_part_once():
+    train = fixed_split(NAMES, 42, 0.5)["train"]
+    folds = [Split(42, 0.5, 3, fold).parts(reversed(NAMES)) for fold in range(3)]
+    scored = [part["test"] for part in folds]
+    # Each training image is scored by exactly one fold; no test image is ever used.
+    assert sorted(name for names in scored for name in names) == train
+    assert sorted(len(names) for names in scored) == [3, 3, 4]
+    for part in folds:
+        assert sorted(part["train"] + part["test"]) == train
+        assert not set(part["train"]) & set(part["test"])
+    assert Split(43, 0.5, 3, 0).parts(NAMES) != folds[0]
+
+
+def test_split_refuses_impossible_folds():
+    with pytest.raises(ValueError, match="at least 2"):
+        Split(folds=1)
+    with pytest.raises(ValueError, match=r"within \[0, 2\)"):
+        Split(folds=2, fold=2)
+    with pytest.raises(ValueError, match="without folds"):
+        Split(fold=1)

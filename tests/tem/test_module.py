@@ -170,6 +170,45 @@ def test_train_segmenter_publishes_a_reloadable_model(tmp_path):
     assert "val_foreground_iou" in metrics and "train_loss" in metrics
 
 
+def test_weight_average_is_what_gets_published(tmp_path):
+    settings = TrainSettings(**{**TINY, "train_images": 6}, ema_decay=0.5)
+    trainer = TrainerSettings(max_epochs=2, accelerator="cpu", seed=3, log_every_n_steps=1)
+    published = train_segmenter(tmp_path / "ema", settings, trainer)
+    checkpoint = torch.load(published, map_location="cpu", weights_only=False)
+    average, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert average.keys() == raw.keys()
+    # After 6 steps the average lags the raw weights; the model loads the average.
+    assert any(not torch.equal(average[key], raw[key]) for key in average)
+    net = load_segmenter(published).net.state_dict()
+    assert all(torch.equal(net[key.removeprefix("net.")], average[key]) for key in average)
+    plain = train_segmenter(tmp_path / "plain", TrainSettings(**TINY), CPU)
+    assert "current_model_state" not in torch.load(plain, map_location="cpu", weights_only=False)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainSettings(ema_decay=1.0)
+
+
+def test_weight_soup_averages_segmenters_and_loads(tmp_path, capsys):
+    first = train_segmenter(tmp_path / "a", TrainSettings(**TINY), CPU)
+    reseeded = TrainerSettings(max_epochs=1, accelerator="cpu", seed=4, log_every_n_steps=1)
+    second = train_segmenter(tmp_path / "b", TrainSettings(**TINY), reseeded)
+    out = tmp_path / "soup.ckpt"
+    assert main(["tem", "soup", str(first), str(second), "--out", str(out)]) == 0
+    nets = [load_segmenter(path).net.state_dict() for path in (first, second, out)]
+    floats = [name for name, value in nets[2].items() if value.is_floating_point()]
+    assert any(not torch.equal(nets[0][name], nets[1][name]) for name in floats)
+    for name in floats:
+        torch.testing.assert_close(nets[2][name], (nets[0][name] + nets[1][name]) / 2)
+    maps = load_segmenter(out).predict_maps(np.zeros((40, 50), dtype=np.uint8))
+    assert maps["foreground"].shape == (40, 50)
+    wider = train_segmenter(
+        tmp_path / "c", TrainSettings(**{**TINY, "arch_kwargs": {**TINY_ARCH, "width": 8}}), CPU
+    )
+    with pytest.raises(SystemExit, match="another network"):
+        main(["tem", "soup", str(first), str(wider), "--out", str(out)])
+    with pytest.raises(SystemExit, match="at least two"):
+        main(["tem", "soup", str(first), "--out", str(out)])
+
+
 def test_cli_train_and_bad_settings(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["tem", "train", "--out-dir", str(out), "--seed", "4"]

@@ -12,7 +12,9 @@ from nanoxtal.tem.evaluate import (
     evaluate_test_parts,
     evaluation_figure,
     figure_sets_and_methods,
+    pool_folds,
 )
+from nanoxtal.tem.io import Split
 from nanoxtal.tem.segment import SegmentSettings, instances_from_maps, segment_image
 
 CENTRES = [(20, 20), (20, 60), (60, 40)]
@@ -159,11 +161,14 @@ def test_evaluation_scores_only_the_held_out_images(msa_like):
         seen.append(image.shape)
         return segment_image(image)
 
-    metrics, table = evaluate_test_parts({"msa_em": msa_like}, {"baseline": perfect}, 42, 0.5)
+    metrics, table = evaluate_test_parts(
+        {"msa_em": msa_like}, {"baseline": perfect}, Split(42, 0.5)
+    )
     test = metrics["msa_em/test_images"]
     assert len(test) == 3 and len(seen) == 3 and sorted(table["name"]) == test
     assert metrics["msa_em/baseline/ap50"] == 1.0 and metrics["msa_em/baseline/n_true"] == 6
     assert metrics["split_seed"] == 42 and metrics["test_share"] == 0.5
+    assert metrics["cv_folds"] == 0
     assert not any("model_minus_baseline" in key for key in metrics)
 
 
@@ -173,7 +178,7 @@ def test_evaluation_compares_model_and_baseline_image_by_image(msa_like, tmp_pat
         return np.where(labels == labels.max(), 0, labels)  # 1 of the 2 particles per image
 
     predictors = {"model": one_missed, "baseline": segment_image}
-    metrics, _ = evaluate_test_parts({"msa_em": msa_like}, predictors, 42, 0.5)
+    metrics, _ = evaluate_test_parts({"msa_em": msa_like}, predictors, Split(42, 0.5))
     ap50 = {
         key: metrics[f"msa_em/model_minus_baseline/ap50/{key}"]
         for key in ("difference", "ci95_low", "ci95_high", "images")
@@ -207,3 +212,46 @@ def test_cli_evaluate_writes_metrics_table_and_figure(tmp_path, msa_like, capsys
     with pytest.raises(SystemExit):
         main(["tem", "evaluate", "--set", "nowhere=x", "--out", str(out)])
     assert "expected NAME=FOLDER" in capsys.readouterr().err
+
+
+def test_pooled_folds_score_every_training_image_once(msa_like):
+    def one_missed(image: np.ndarray) -> np.ndarray:
+        labels = segment_image(image)
+        return np.where(labels == labels.max(), 0, labels)
+
+    predictors = {"model": one_missed, "baseline": segment_image}
+    folds = [
+        evaluate_test_parts({"msa_em": msa_like}, predictors, Split(42, 0.5, 2, k)) for k in (1, 0)
+    ]
+    metrics, table = pool_folds([found for found, _ in folds], [rows for _, rows in folds])
+    assert (
+        metrics["msa_em/test_images"]
+        == Split(42, 0.5).parts(path.stem for path in (msa_like / "images").iterdir())["train"]
+    )
+    assert metrics["cv_folds"] == 2 and metrics["cv_fold"] is None
+    assert metrics["msa_em/baseline/n_true"] == 6 and metrics["msa_em/model/n_pred"] == 3
+    assert metrics["msa_em/model_minus_baseline/ap50/images"] == 3
+    assert metrics["msa_em/model_minus_baseline/ap50/difference"] == -0.5
+    assert sorted(table["fold"]) == [0, 0, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match="once each"):
+        pool_folds([folds[0][0], folds[0][0]], [folds[0][1], folds[0][1]])
+    other = {**folds[1][0], "split_seed": 7}
+    with pytest.raises(ValueError, match="different splits"):
+        pool_folds([folds[0][0], other], [folds[0][1], folds[1][1]])
+
+
+def test_cli_pool_reads_fold_folders(tmp_path, msa_like, capsys):
+    for fold in range(2):
+        out = tmp_path / f"fold{fold}"
+        args = ["tem", "evaluate", "--set", f"msa_em={msa_like}", "--cv-folds", "2"]
+        args += ["--cv-fold", str(fold), "--out", str(out / "metrics.json")]
+        assert main([*args, "--per-image", str(out / "per_image.csv")]) == 0
+    pooled = tmp_path / "cv" / "metrics.json"
+    folders = [str(tmp_path / "fold0"), str(tmp_path / "fold1")]
+    command = ["tem", "pool", *folders, "--out", str(pooled), "--figure", str(tmp_path / "cv.png")]
+    assert main(command) == 0
+    metrics = json.loads(pooled.read_text())
+    assert len(metrics["msa_em/test_images"]) == 3 and metrics["msa_em/baseline/ap50"] == 1.0
+    assert (tmp_path / "cv.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="fold2: not a scored fold"):
+        main(["tem", "pool", *folders, str(tmp_path / "fold2"), "--out", str(pooled)])

@@ -125,6 +125,12 @@ def tem_split_options():
     return f"--split-seed {config['seed']} --test-share {config['tem']['test_share']}"
 
 
+def tem_cv_split_options(wildcards):
+    """The split of one cross-validation fold: the training part cut into `tem.cv.folds`."""
+    folds = config["tem"]["cv"]["folds"]
+    return f"{tem_split_options()} --cv-folds {folds} --cv-fold {wildcards.fold}"
+
+
 def tem_train_settings(role):
     """JSON of nanoxtal.tem.training.TrainSettings: `tem.train` with the role's overrides."""
     overrides = {k: v for k, v in config["tem"][role].items() if k != "epochs"}

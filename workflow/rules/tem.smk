@@ -140,9 +140,10 @@ rule tem_evaluate:
             f"--polarity {name}={value}"
             for name, value in config["tem"]["evaluate"]["polarity"].items()
         ),
-        shapes=lambda wildcards: (
+        shapes=lambda wildcards, output: (
             f"--shapes-per-class {config['tem']['evaluate']['shapes']['per_class']}"
             f" --shapes-seed {config['tem']['evaluate']['shapes']['seed']}"
+            f" --shapes-figure '{output.shapes}'"
         ),
     log:
         "logs/tem/evaluate.log",
@@ -158,7 +159,7 @@ rule tem_evaluate:
         "nanoxtal tem evaluate {params.sets} {params.split} --model {input.model:q}"
         " --segment {params.segment:q} {params.polarity} --out {output.metrics:q}"
         " --per-image {output.per_image:q} --figure {output.figure:q}"
-        " {params.shapes} --shapes-figure {output.shapes:q} > {log:q} 2>&1"
+        " {params.shapes} > {log:q} 2>&1"
 
 
 rule tem_measure:
@@ -189,3 +190,114 @@ rule tem_measure:
     shell:
         "nanoxtal tem measure {input.images:q} --model {input.model:q} --out {params.out_dir:q}"
         " --segment {params.segment:q} --no-progress > {log:q} 2>&1"
+
+
+# Cross-validation inside the training part, on demand (`snakemake --cores 2 results/tem/cv/metrics.json`):
+# the chain above (bank -> teacher -> pseudo -> student -> evaluate) once per fold, under
+# results/tem/cv/fold<k>/. Fold k's bank leaves out the k-th fold of every set's training part;
+# its evaluation scores that fold. The pooled metrics score each training image once, by models
+# that never saw it, so settings can be compared without looking at the test part, which no
+# rule here reads. About 20 min per fold on 2 CPU cores with the default config.
+TEM_CV = "results/tem/cv/fold{fold}"
+
+
+wildcard_constraints:
+    fold=r"\d+",
+
+
+use rule tem_bank as tem_cv_bank with:
+    output:
+        bank=f"{TEM_CV}/banks/labelled.npz",
+        summary=f"{TEM_CV}/banks/labelled.json",
+    params:
+        split=tem_cv_split_options,
+    log:
+        "logs/tem/cv/fold{fold}/bank.log",
+
+
+use rule tem_teacher as tem_cv_teacher with:
+    input:
+        rules.tem_cv_bank.output.bank,
+    output:
+        f"{TEM_CV}/teacher/models/best.ckpt",
+    log:
+        "logs/tem/cv/fold{fold}/teacher.log",
+    benchmark:
+        "results/benchmarks/tem/cv/fold{fold}/teacher.tsv"
+
+
+use rule tem_pseudo as tem_cv_pseudo with:
+    input:
+        model=rules.tem_cv_teacher.output[0],
+        images=[dataset_dir(name) for name in TEM_UNLABELED],
+    output:
+        f"{TEM_CV}/banks/pseudo.npz",
+    log:
+        "logs/tem/cv/fold{fold}/pseudo.log",
+    benchmark:
+        "results/benchmarks/tem/cv/fold{fold}/pseudo.tsv"
+
+
+use rule tem_student as tem_cv_student with:
+    input:
+        init=rules.tem_cv_teacher.output[0],
+        banks=[rules.tem_cv_bank.output.bank]
+        + ([rules.tem_cv_pseudo.output[0]] if TEM_UNLABELED else []),
+    output:
+        f"{TEM_CV}/models/best.ckpt",
+    log:
+        "logs/tem/cv/fold{fold}/student.log",
+    benchmark:
+        "results/benchmarks/tem/cv/fold{fold}/student.tsv"
+
+
+use rule tem_evaluate as tem_cv_evaluate with:
+    input:
+        model=rules.tem_cv_student.output[0],
+        sets=lambda wildcards: [dataset_dir(TEM_SETS[name]) for name in TEM_EVALUATED],
+    output:
+        metrics=f"{TEM_CV}/metrics.json",
+        per_image=f"{TEM_CV}/per_image.csv",
+        figure=f"{TEM_CV}/evaluation.png",
+    params:
+        split=tem_cv_split_options,
+        shapes="",  # simulated shapes do not depend on the fold: scored once, by tem_evaluate
+    log:
+        "logs/tem/cv/fold{fold}/evaluate.log",
+    benchmark:
+        "results/benchmarks/tem/cv/fold{fold}/evaluate.tsv"
+
+
+rule tem_cv:
+    input:
+        metrics=expand(f"{TEM_CV}/metrics.json", fold=range(config["tem"]["cv"]["folds"])),
+        per_image=expand(f"{TEM_CV}/per_image.csv", fold=range(config["tem"]["cv"]["folds"])),
+    output:
+        metrics=report(
+            "results/tem/cv/metrics.json",
+            caption="../report/tem_cv.rst",
+            category="TEM",
+            labels={"result": "cross-validation metrics"},
+        ),
+        per_image="results/tem/cv/per_image.csv",
+        figure=report(
+            "results/tem/cv/evaluation.png",
+            caption="../report/tem_cv.rst",
+            category="TEM",
+            labels={"figure": "cross-validation"},
+        ),
+    params:
+        folds=lambda wildcards, input: " ".join(
+            f"'{Path(path).parent}'" for path in input.metrics
+        ),
+    log:
+        "logs/tem/cv/pool.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/tem.yaml"
+    shell:
+        "nanoxtal tem pool {params.folds} --out {output.metrics:q}"
+        " --per-image {output.per_image:q} --figure {output.figure:q} > {log:q} 2>&1"

@@ -29,7 +29,7 @@ from scipy import ndimage
 from skimage import draw
 
 from nanoxtal.files import atomic_write
-from nanoxtal.tem.io import fixed_split, read_labelled_set
+from nanoxtal.tem.io import Split, read_labelled_set
 from nanoxtal.tem.segment import (
     Polarity,
     SegmentSettings,
@@ -170,17 +170,17 @@ def load_bank(path: Path | str) -> ImageBank:
 
 
 def labelled_bank(
-    folders: Mapping[str, Path | str], seed: int, test_share: float
+    folders: Mapping[str, Path | str], split: Split
 ) -> tuple[ImageBank, dict[str, dict[str, list[str]]]]:
-    """The training part of labelled sets as a bank; the test part is left out.
+    """The training part of labelled sets as a bank; the scored part is left out.
 
     Args:
         folders: Folder of each labelled set (``BANK_SETS``), by set name, e.g.
             ``{"msa_em": "data/tem/msa_em"}``. Box labels (``stem_boxes``) become inscribed
             ellipses (``boxes_to_instances``); images with bright particles are inverted
             (``BANK_POLARITY``).
-        seed: Split seed (``fixed_split``).
-        test_share: Share of each set held out for evaluation.
+        split: The split (``Split.parts``): the bank holds its ``train`` part, i.e. without
+            the test part and, with cross-validation folds, without the scored fold.
 
     Returns:
         The bank and, per set, the split it was cut from (record it with the model).
@@ -194,9 +194,9 @@ def labelled_bank(
         if name not in BANK_SETS:
             raise ValueError(f"no bank can be made of {name!r}; sets: {BANK_SETS}")
         items = read_labelled_set(Path(folder).parent, name, folder)
-        split = fixed_split([item.name for item in items], seed, test_share)
-        splits[name] = split
-        train = set(split["train"])
+        parts = split.parts(item.name for item in items)
+        splits[name] = parts
+        train = set(parts["train"])
         for item in items:
             if item.name not in train:
                 continue

@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nanoxtal.arguments import json_object, settings_from
 from nanoxtal.files import atomic_write
+
+if TYPE_CHECKING:
+    from nanoxtal.tem.io import Split
 
 EXIT_OK = 0
 
@@ -71,15 +75,26 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _soup(args: argparse.Namespace) -> int:
+    from nanoxtal.tem.module import average_segmenters
+
+    try:
+        out = average_segmenters(args.checkpoints, args.out)
+    except (OSError, KeyError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from error
+    print(f"weight average of {len(args.checkpoints)} segmenters written to {out}")
+    return EXIT_OK
+
+
 def _bank(args: argparse.Namespace) -> int:
     from nanoxtal.tem.bank import labelled_bank, save_bank
 
-    bank, splits = labelled_bank(dict(args.set), args.split_seed, args.test_share)
+    split = _split_from(args)
+    bank, splits = labelled_bank(dict(args.set), split)
     save_bank(bank, args.out)
     record = {
         "sets": {name: str(folder) for name, folder in args.set},
-        "split_seed": args.split_seed,
-        "test_share": args.test_share,
+        **split.record(),
         "images": list(bank.names),
         "pixels": bank.pixels,
         "splits": splits,
@@ -172,6 +187,30 @@ def _split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--test-share", type=float, default=0.5, help="share of each set kept for evaluation"
     )
+    parser.add_argument(
+        "--cv-folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="cross-validation inside the training part: K folds (0: none, use the test part)",
+    )
+    parser.add_argument(
+        "--cv-fold",
+        type=int,
+        default=0,
+        metavar="I",
+        help="the fold left out of the bank and scored by evaluate, 0..K-1",
+    )
+
+
+def _split_from(args: argparse.Namespace) -> Split:
+    """The ``Split`` the split arguments name (argparse error for an impossible one)."""
+    from nanoxtal.tem.io import Split
+
+    try:
+        return Split(args.split_seed, args.test_share, args.cv_folds, args.cv_fold)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from error
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -186,6 +225,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nanoxtal.tem.module import load_segmenter
     from nanoxtal.tem.segment import SegmentSettings, segment_image
 
+    split = _split_from(args)
     settings = SegmentSettings.from_mapping(args.segment)
     polarity = dict(args.polarity)
     model = load_segmenter(args.model) if args.model else None
@@ -202,9 +242,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     metrics: dict[str, object] = {"model": str(args.model) if args.model else None}
     tables = []
     for name, folder in args.set:
-        found, table = evaluate_test_parts(
-            {name: folder}, predictors(name), args.split_seed, args.test_share
-        )
+        found, table = evaluate_test_parts({name: folder}, predictors(name), split)
         metrics |= found
         tables.append(table)
     if args.shapes_per_class > 0:
@@ -223,18 +261,51 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.figure:
         with atomic_write(args.figure) as partial:
             evaluation_figure(metrics, partial)
+    _print_headline(metrics)
+    return EXIT_OK
+
+
+def _print_headline(metrics: dict[str, object]) -> None:
+    """The numbers people look at first, one per line."""
+    headline = (
+        "/ap50",
+        "/semantic_miou",
+        "/count_error",
+        "/diameter_error",
+        "/sample_diameter_error",
+        "/dominant_accuracy",
+    )
     for key, value in metrics.items():
-        if key.endswith(
-            (
-                "/ap50",
-                "/semantic_miou",
-                "/count_error",
-                "/diameter_error",
-                "/sample_diameter_error",
-                "/dominant_accuracy",
-            )
-        ) and isinstance(value, float):
+        if key.endswith(headline) and isinstance(value, float):
             print(f"{key}: {value:.3f}")
+
+
+def _pool(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nanoxtal.tem.evaluate import evaluation_figure, pool_folds
+
+    fold_metrics, fold_tables = [], []
+    for folder in args.folds:
+        metrics_file, table_file = folder / "metrics.json", folder / "per_image.csv"
+        try:
+            fold_metrics.append(json.loads(metrics_file.read_text()))
+            fold_tables.append(pd.read_csv(table_file, dtype={"name": str, "error": object}))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"error: {folder}: not a scored fold ({error})") from error
+    try:
+        metrics, table = pool_folds(fold_metrics, fold_tables)
+    except ValueError as error:
+        raise SystemExit(f"error: {', '.join(map(str, args.folds))}: {error}") from error
+    with atomic_write(args.out) as partial:
+        partial.write_text(json.dumps(metrics, indent=2, default=_json_number) + "\n")
+    if args.per_image:
+        with atomic_write(args.per_image) as partial:
+            table.to_csv(partial, index=False)
+    if args.figure:
+        with atomic_write(args.figure) as partial:
+            evaluation_figure(metrics, partial)
+    _print_headline(metrics)
     return EXIT_OK
 
 
@@ -419,6 +490,13 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     train.add_argument("--init", type=Path, help="checkpoint whose weights the network starts from")
     train.set_defaults(func=_train)
 
+    soup = verbs.add_parser(
+        "soup", help="average the weights of segmenters trained from one start (model soup)"
+    )
+    soup.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT", help="at least two")
+    soup.add_argument("--out", type=Path, required=True, help="the averaged checkpoint")
+    soup.set_defaults(func=_soup)
+
     bank = verbs.add_parser(
         "bank", help="store the training part of labelled real sets for fine-tuning"
     )
@@ -445,7 +523,8 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
 
     evaluate = verbs.add_parser(
         "evaluate",
-        help="score the model and the classical baseline on the held-out part of labelled sets",
+        help="score the model and the classical baseline on the held-out part of labelled sets"
+        " (or, with --cv-folds, on one fold of their training part)",
     )
     _split_arguments(evaluate)
     evaluate.add_argument("--model", type=Path, help="segmenter checkpoint (else baseline only)")
@@ -473,6 +552,22 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--shapes-figure", type=Path, help="PNG of the shape confusion matrices")
     evaluate.set_defaults(func=_evaluate)
+
+    pool = verbs.add_parser(
+        "pool",
+        help="pool the scored folds of a cross-validation (each training image scored once)",
+    )
+    pool.add_argument(
+        "folds",
+        nargs="+",
+        type=Path,
+        metavar="FOLD_DIR",
+        help="folder of one fold's 'tem evaluate --cv-fold' output: metrics.json, per_image.csv",
+    )
+    pool.add_argument("--out", type=Path, required=True, help="pooled metrics JSON")
+    pool.add_argument("--per-image", type=Path, help="pooled per-image CSV (with a fold column)")
+    pool.add_argument("--figure", type=Path, help="PNG of the pooled headline metrics")
+    pool.set_defaults(func=_pool)
 
     measure = verbs.add_parser(
         "measure", help="segment micrographs and measure their particles (sizes, shapes)"

@@ -69,7 +69,7 @@ from scipy import sparse
 from nanoxtal.metrics import accuracy, confusion
 from nanoxtal.plots import confusion_panels
 from nanoxtal.tem.instances import border_flags
-from nanoxtal.tem.io import LabelledImage, fixed_split, read_labelled_set
+from nanoxtal.tem.io import LabelledImage, Split, read_labelled_set
 from nanoxtal.tem.measure import classify_shapes
 from nanoxtal.tem.simulate import (
     SHAPE_CLASSES,
@@ -551,58 +551,122 @@ HEADLINE = (
 )
 
 
+def set_metrics(name: str, per_image: pd.DataFrame, seed: int) -> dict[str, object]:
+    """Flat metrics of one set from its per-image rows of every method.
+
+    Args:
+        name: The set's name, the first part of every key.
+        per_image: ``evaluate_set`` rows of the set with a ``method`` column.
+        seed: Seed of the paired bootstrap (``compare_methods``).
+
+    Returns:
+        ``"<name>/<method>/<metric>"`` for the ``HEADLINE`` numbers (``summarise``),
+        ``"<name>/<method>/failed"`` when images failed, and, when both a ``model`` and a
+        ``baseline`` were scored, ``"<name>/model_minus_baseline/<metric>/<key>"``.
+    """
+    metrics: dict[str, object] = {}
+    for method, rows in per_image.groupby("method", sort=False):
+        summary = summarise(rows)
+        for key in HEADLINE:
+            if key in summary:
+                metrics[f"{name}/{method}/{key}"] = summary[key]
+        if summary["failed"]:
+            metrics[f"{name}/{method}/failed"] = summary["failed"]
+    for metric, values in compare_methods(per_image, seed=seed).items():
+        for key, value in values.items():
+            metrics[f"{name}/{COMPARISON}/{metric}/{key}"] = value
+    return metrics
+
+
 def evaluate_test_parts(
     folders: Mapping[str, Path | str],
     predictors: Mapping[str, Callable[[np.ndarray], np.ndarray]],
-    seed: int,
-    test_share: float,
+    split: Split,
 ) -> tuple[dict[str, object], pd.DataFrame]:
-    """Score every method on the test part of every labelled set.
+    """Score every method on the scored part of every labelled set.
 
-    The test part is ``fixed_split(names, seed, test_share)["test"]``: the images the
-    training banks (``nanoxtal.tem.bank.labelled_bank``) leave out with the same seed and
-    share.
+    The scored part is ``split.parts(names)["test"]``: the images the training banks
+    (``nanoxtal.tem.bank.labelled_bank``) leave out with the same split, i.e. the test part,
+    or with cross-validation folds the scored fold of the training part.
 
     Args:
         folders: Folder of each labelled set, by set name (``LABELLED_SETS``).
         predictors: Segmentation methods by name (e.g. ``model``, ``baseline``), each a map
             from a grey image to instance labels.
-        seed: Split seed.
-        test_share: Share of each set held out for evaluation.
+        split: The split (its seed also seeds the bootstrap intervals).
 
     Returns:
-        Flat metrics ``"<set>/<method>/<metric>"`` (the ``HEADLINE`` numbers on the test
-        part), with ``split_seed``, ``test_share``, ``"<set>/test_images"`` (names) and, when
-        both a ``model`` and a ``baseline`` were scored,
-        ``"<set>/model_minus_baseline/<metric>/{difference,ci95_low,ci95_high,images}"``
-        (``compare_methods``, resampled with ``seed``); and
-        the per-image table (``set``, ``method`` and ``evaluate_set``'s columns).
+        Flat metrics: the split (``Split.record``), ``"<set>/test_images"`` (the scored
+        names) and ``set_metrics`` of each set; and the per-image table (``set``, ``method``
+        and ``evaluate_set``'s columns).
     """
-    metrics: dict[str, object] = {"split_seed": seed, "test_share": test_share}
+    if not predictors:
+        raise ValueError("no segmentation method to score")
+    metrics: dict[str, object] = split.record()
     tables = []
     for name, folder in folders.items():
         items = read_labelled_set(Path(folder).parent, name, folder)
-        test = set(fixed_split([item.name for item in items], seed, test_share)["test"])
-        held_out = [item for item in items if item.name in test]
-        metrics[f"{name}/test_images"] = sorted(test)
-        scored = []
-        for method, predictor in predictors.items():
-            table, summary = evaluate_set(held_out, predictor)
-            scored.append(table.assign(set=name, method=method))
-            for key in HEADLINE:
-                if key in summary:
-                    metrics[f"{name}/{method}/{key}"] = summary[key]
-            if summary["failed"]:
-                metrics[f"{name}/{method}/failed"] = summary["failed"]
-        tables += scored
-        compared = (
-            compare_methods(pd.concat(scored, ignore_index=True), seed=seed) if scored else {}
+        scored = split.parts(item.name for item in items)["test"]
+        metrics[f"{name}/test_images"] = scored
+        held_out = [item for item in items if item.name in frozenset(scored)]
+        table = pd.concat(
+            [
+                evaluate_set(held_out, predictor)[0].assign(set=name, method=method)
+                for method, predictor in predictors.items()
+            ],
+            ignore_index=True,
         )
-        for metric, values in compared.items():
-            for key, value in values.items():
-                metrics[f"{name}/{COMPARISON}/{metric}/{key}"] = value
+        metrics |= set_metrics(name, table, split.seed)
+        tables.append(table)
     per_image = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return metrics, per_image
+
+
+def pool_folds(
+    fold_metrics: Sequence[Mapping[str, object]], fold_tables: Sequence[pd.DataFrame]
+) -> tuple[dict[str, object], pd.DataFrame]:
+    """Cross-validation metrics: every fold's scored images pooled, each image scored once.
+
+    Args:
+        fold_metrics: ``evaluate_test_parts`` metrics of each fold (for the split record).
+        fold_tables: The folds' per-image tables, in the same order.
+
+    Returns:
+        Flat metrics as ``evaluate_test_parts`` gives them, over the pooled images, with
+        ``cv_fold`` None and ``cv_models`` (each fold's model); and the pooled table, with a
+        ``fold`` column.
+
+    Raises:
+        ValueError: The folds are not one complete cross-validation: a different split,
+            a fold missing or given twice, or no folds at all.
+    """
+    if not fold_metrics or len(fold_metrics) != len(fold_tables):
+        raise ValueError("one metrics mapping and one per-image table per fold are needed")
+    split_keys = ("split_seed", "test_share", "cv_folds")
+    first = {key: fold_metrics[0].get(key) for key in split_keys}
+    for metrics in fold_metrics:
+        found = {key: metrics.get(key) for key in split_keys}
+        if found != first:
+            raise ValueError(f"folds of different splits: {first} and {found}")
+    folds = sorted(int(metrics["cv_fold"]) for metrics in fold_metrics)
+    if not first["cv_folds"] or folds != list(range(int(first["cv_folds"]))):
+        raise ValueError(f"expected folds 0..{(first['cv_folds'] or 0) - 1} once each, got {folds}")
+    table = pd.concat(
+        [
+            rows.assign(fold=int(metrics["cv_fold"]))
+            for metrics, rows in zip(fold_metrics, fold_tables, strict=True)
+        ],
+        ignore_index=True,
+    )
+    pooled: dict[str, object] = {
+        **first,
+        "cv_fold": None,
+        "cv_models": [metrics.get("model") for metrics in fold_metrics],
+    }
+    for name, rows in table.groupby("set", sort=False):
+        pooled[f"{name}/test_images"] = sorted(rows["name"].astype(str).unique())
+        pooled |= set_metrics(str(name), rows, int(first["split_seed"]))
+    return pooled, table
 
 
 # Particle sizes (equivalent diameter, px) and coverage of the synthetic shape micrographs.

@@ -1,4 +1,4 @@
-"""Reading micrographs and the labelled TEM sets, and a fixed train/test split.
+"""Reading micrographs and the labelled TEM sets; their fixed train/test split and its folds.
 
 Micrographs are read as float32 grey images in [0, 1] that keep their bit depth's scaling
 (an 8-bit value v becomes v/255, a 16-bit value v/65535), so intensities stay comparable between
@@ -423,3 +423,62 @@ def fixed_split(names: Iterable[str], seed: int, test_share: float) -> dict[str,
         "train": [name for name in ordered if name not in test],
         "test": [name for name in ordered if name in test],
     }
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which images of each labelled set train the segmenter and which images score it.
+
+    The fixed split (``fixed_split(names, seed, test_share)``) holds a test part out of all
+    training. Cross-validation then works inside the training part only, so that settings can
+    be compared on images no model of the comparison trained on while the test part stays
+    untouched: with ``folds`` ≥ 2 the training part, in its seeded hash order, is dealt into
+    ``folds`` folds like cards (fold sizes differ by at most one image); fold ``fold`` is
+    scored and the others train.
+
+    Attributes:
+        seed: Seed of the fixed split and of the fold deal.
+        test_share: Share of each set held out for evaluation, within (0, 1).
+        folds: Number of cross-validation folds, 0 for none (score the test part).
+        fold: The scored fold, within [0, folds).
+    """
+
+    seed: int = 42
+    test_share: float = 0.5
+    folds: int = 0
+    fold: int = 0
+
+    def __post_init__(self) -> None:
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError(
+                f"folds must be 0 (no cross-validation) or at least 2, got {self.folds}"
+            )
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold must be within [0, {self.folds}), got {self.fold}")
+        if not self.folds and self.fold:
+            raise ValueError(f"fold {self.fold} given without folds")
+
+    def parts(self, names: Iterable[str]) -> dict[str, list[str]]:
+        """``{"train": [...], "test": [...]}``, each sorted; ``test`` is the scored part.
+
+        Without folds this is ``fixed_split``; with folds, ``test`` is the scored fold of the
+        training part and ``train`` the other folds. The fixed test part is in neither.
+        """
+        split = fixed_split(names, self.seed, self.test_share)
+        if not self.folds:
+            return split
+        ranked = sorted(split["train"], key=lambda name: _rank_key(self.seed, name))
+        scored = set(ranked[self.fold :: self.folds])
+        return {
+            "train": [name for name in split["train"] if name not in scored],
+            "test": [name for name in split["train"] if name in scored],
+        }
+
+    def record(self) -> dict[str, int | float]:
+        """The split as flat metrics: ``split_seed``, ``test_share``, ``cv_folds``, ``cv_fold``."""
+        return {
+            "split_seed": self.seed,
+            "test_share": self.test_share,
+            "cv_folds": self.folds,
+            "cv_fold": self.fold,
+        }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from nanoxtal.files import atomic_write
 from nanoxtal.tem.nets import OUTPUTS, build_net, inference_copy
 from nanoxtal.tem.targets import normalise_image
 
@@ -255,3 +257,51 @@ def load_segmenter(checkpoint: Path | str, map_location: str = "cpu") -> Segment
     net = build_net(arch.pop("name"), **arch)
     model = Segmenter.load_from_checkpoint(checkpoint, net=net, map_location=map_location)
     return model.eval()
+
+
+# Checkpoint entries a weight average keeps: what loading the model needs, not training state.
+SOUP_KEPT = ("hyper_parameters", "hparams_name", "pytorch-lightning_version")
+
+
+def average_segmenters(checkpoints: Sequence[Path | str], out: Path | str) -> Path:
+    """Write the uniform weight average ("model soup") of segmenters trained from one start.
+
+    Networks fine-tuned from the same weights with different seeds stay in one basin of the
+    loss, where their average is often better than each of them and steadier than any one
+    seed (Wortsman et al., "Model soups", ICML 2022), at the inference cost of one network.
+    Floating-point parameters and BatchNorm statistics are averaged; integer buffers
+    (``num_batches_tracked``) are the first checkpoint's.
+
+    Args:
+        checkpoints: Segmenter checkpoints of one architecture (at least two).
+        out: The averaged checkpoint, written atomically; it records its sources
+            (``soup``).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: Fewer than two checkpoints, or one whose architecture or weights differ
+            from the first's (names the file).
+    """
+    if len(checkpoints) < 2:
+        raise ValueError(f"a weight average needs at least two checkpoints, got {len(checkpoints)}")
+    first = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
+    arch, names = first["hyper_parameters"]["arch"], first["state_dict"].keys()
+    states = [first["state_dict"]]
+    for path in checkpoints[1:]:
+        other = torch.load(path, map_location="cpu", weights_only=True)
+        if other["hyper_parameters"]["arch"] != arch or other["state_dict"].keys() != names:
+            raise ValueError(f"{path}: another network than {checkpoints[0]} ({arch})")
+        states.append(other["state_dict"])
+    averaged = {
+        name: torch.stack([state[name] for state in states]).mean(0)
+        if value.is_floating_point()
+        else value
+        for name, value in first["state_dict"].items()
+    }
+    soup = {key: first[key] for key in SOUP_KEPT if key in first}
+    soup |= {"state_dict": averaged, "soup": [str(path) for path in checkpoints]}
+    with atomic_write(out) as partial:
+        torch.save(soup, partial)
+    return Path(out)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.callbacks import EMAWeightAveraging
 
 from nanoxtal.arguments import settings_from
 from nanoxtal.data.registry import sha256_file
@@ -55,6 +56,11 @@ class TrainSettings:
         bank_share: Expected share of training items cut from the real image banks (when
             banks are given).
         scale_range: Resampling factors of real crops, [low, high].
+        ema_decay: Decay of an exponential moving average of the weights, updated after every
+            step, that is validated and published instead of the raw weights (Polyak and
+            Juditsky, SIAM J. Control Optim. 30, 838 (1992); Lightning's
+            ``EMAWeightAveraging``); 0 for none. With decay d the average spans about
+            1/(1 − d) steps.
     """
 
     arch: str = "unet"
@@ -75,6 +81,11 @@ class TrainSettings:
     ranges: dict[str, list[float]] = field(default_factory=dict)
     bank_share: float = 0.5
     scale_range: list[float] = field(default_factory=lambda: [0.7, 1.4])
+    ema_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be within [0, 1), got {self.ema_decay}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> TrainSettings:
@@ -156,4 +167,5 @@ def train_segmenter(
     if init_from is not None:
         inputs.append(sha256_file(init_from))
     key = run_key(asdict(settings), asdict(trainer), inputs)
-    return fit(module, data, out_dir, trainer, key)
+    callbacks = [EMAWeightAveraging(decay=settings.ema_decay)] if settings.ema_decay else []
+    return fit(module, data, out_dir, trainer, key, callbacks)
