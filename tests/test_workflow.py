@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,7 +252,13 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     test_names = {f"msa_em/{name}" for name in tem["msa_em/test_images"]}
     assert len(bank["images"]) == 10 and not test_names & set(bank["images"])
     assert (workdir / "results" / "tem" / "banks" / "pseudo.npz").is_file()
-    assert (workdir / "results" / "tem" / "models" / "best.ckpt").is_file()
+    # The published segmenter is the weight average of the test config's two students.
+    published = torch.load(
+        workdir / "results" / "tem" / "models" / "best.ckpt", map_location="cpu", weights_only=True
+    )
+    assert published["soup"] == [
+        f"results/tem/students/seed{seed}/models/best.ckpt" for seed in (42, 7)
+    ]
     measured = pd.read_csv(
         workdir / "results" / "tem" / "measure" / "sophon_example" / "summary.csv"
     )

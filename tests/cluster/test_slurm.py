@@ -230,7 +230,8 @@ def test_workflow_on_slurm_survives_a_killed_job_and_finishes_on_rerun(
         "tem/bank.log",
         "tem/teacher.log",
         "tem/pseudo.log",
-        "tem/student.log",
+        "tem/student_seed42.log",
+        "tem/publish.log",
         "tem/evaluate.log",
         "tem/measure_sophon_example.log",
     ):

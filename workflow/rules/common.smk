@@ -131,9 +131,13 @@ def tem_cv_split_options(wildcards):
     return f"{tem_split_options()} --cv-folds {folds} --cv-fold {wildcards.fold}"
 
 
+# Seeds of the students averaged into the published TEM segmenter (default: the global seed).
+TEM_STUDENT_SEEDS = config["tem"]["student"].get("seeds") or [config["seed"]]
+
+
 def tem_train_settings(role):
     """JSON of nanoxtal.tem.training.TrainSettings: `tem.train` with the role's overrides."""
-    overrides = {k: v for k, v in config["tem"][role].items() if k != "epochs"}
+    overrides = {k: v for k, v in config["tem"][role].items() if k not in ("epochs", "seeds")}
     return json.dumps({**config["tem"]["train"], **overrides})
 
 

@@ -77,6 +77,12 @@ rule tem_pseudo:
         " --settings {params.settings:q} --segment {params.segment:q} --no-progress > {log:q} 2>&1"
 
 
+wildcard_constraints:
+    student=r"\d+",
+
+
+# One student per seed of `tem.student.seeds`, all from the teacher's weights; tem_publish
+# averages them.
 rule tem_student:
     input:
         init=rules.tem_teacher.output[0],
@@ -84,17 +90,16 @@ rule tem_student:
         banks=[rules.tem_bank.output.bank]
         + ([rules.tem_pseudo.output[0]] if TEM_UNLABELED else []),
     output:
-        "results/tem/models/best.ckpt",
+        "results/tem/students/seed{student}/models/best.ckpt",
     params:
-        out_dir=lambda wildcards, output: Path(output[0]).parent.parent / "student",
+        out_dir=lambda wildcards, output: Path(output[0]).parent.parent,
         settings=tem_train_settings("student"),
         trainer=trainer_settings(config["tem"]["student"]["epochs"]),
         banks=lambda wildcards, input: " ".join(f"--bank '{bank}'" for bank in input.banks),
-        seed=config["seed"],
     log:
-        "logs/tem/student.log",
+        "logs/tem/student_seed{student}.log",
     benchmark:
-        "results/benchmarks/tem/student.tsv"
+        "results/benchmarks/tem/student_seed{student}.tsv"
     threads: workflow.cores
     resources:
         mem_mb=6000,
@@ -104,13 +109,28 @@ rule tem_student:
         "../../envs/tem.yaml"
     shell:
         "nanoxtal tem train --out-dir {params.out_dir:q} {params.banks} --init {input.init:q}"
-        " --settings {params.settings:q} --trainer {params.trainer:q} --seed {params.seed}"
-        " > {log:q} 2>&1 && cp {params.out_dir:q}/models/best.ckpt {output:q}"
+        " --settings {params.settings:q} --trainer {params.trainer:q} --seed {wildcards.student}"
+        " > {log:q} 2>&1"
+
+
+# The published segmenter: the weight average of the students (one student: its weights).
+rule tem_publish:
+    input:
+        expand(rules.tem_student.output[0], student=TEM_STUDENT_SEEDS),
+    output:
+        "results/tem/models/best.ckpt",
+    log:
+        "logs/tem/publish.log",
+    localrule: True
+    conda:
+        "../../envs/tem.yaml"
+    shell:
+        "nanoxtal tem soup {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule tem_evaluate:
     input:
-        model=rules.tem_student.output[0],
+        model=rules.tem_publish.output[0],
         sets=lambda wildcards: [dataset_dir(TEM_SETS[name]) for name in TEM_EVALUATED],
     output:
         metrics=report(
@@ -164,7 +184,7 @@ rule tem_evaluate:
 
 rule tem_measure:
     input:
-        model=rules.tem_student.output[0],
+        model=rules.tem_publish.output[0],
         images=lambda wildcards: dataset_dir(TEM_MEASURED[wildcards.name]),
     output:
         particles="results/tem/measure/{name}/particles.csv",
@@ -193,7 +213,7 @@ rule tem_measure:
 
 
 # Cross-validation inside the training part, on demand (`snakemake --cores 2 results/tem/cv/metrics.json`):
-# the chain above (bank -> teacher -> pseudo -> student -> evaluate) once per fold, under
+# the chain above (bank -> teacher -> pseudo -> students -> publish -> evaluate) once per fold, under
 # results/tem/cv/fold<k>/. Fold k's bank leaves out the k-th fold of every set's training part;
 # its evaluation scores that fold. The pooled metrics score each training image once, by models
 # that never saw it, so settings can be compared without looking at the test part, which no
@@ -244,16 +264,25 @@ use rule tem_student as tem_cv_student with:
         banks=[rules.tem_cv_bank.output.bank]
         + ([rules.tem_cv_pseudo.output[0]] if TEM_UNLABELED else []),
     output:
+        f"{TEM_CV}/students/seed{{student}}/models/best.ckpt",
+    log:
+        "logs/tem/cv/fold{fold}/student_seed{student}.log",
+    benchmark:
+        "results/benchmarks/tem/cv/fold{fold}/student_seed{student}.tsv"
+
+
+use rule tem_publish as tem_cv_publish with:
+    input:
+        expand(rules.tem_cv_student.output[0], student=TEM_STUDENT_SEEDS, allow_missing=True),
+    output:
         f"{TEM_CV}/models/best.ckpt",
     log:
-        "logs/tem/cv/fold{fold}/student.log",
-    benchmark:
-        "results/benchmarks/tem/cv/fold{fold}/student.tsv"
+        "logs/tem/cv/fold{fold}/publish.log",
 
 
 use rule tem_evaluate as tem_cv_evaluate with:
     input:
-        model=rules.tem_cv_student.output[0],
+        model=rules.tem_cv_publish.output[0],
         sets=lambda wildcards: [dataset_dir(TEM_SETS[name]) for name in TEM_EVALUATED],
     output:
         metrics=f"{TEM_CV}/metrics.json",

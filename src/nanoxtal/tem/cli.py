@@ -493,7 +493,7 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     soup = verbs.add_parser(
         "soup", help="average the weights of segmenters trained from one start (model soup)"
     )
-    soup.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT", help="at least two")
+    soup.add_argument("checkpoints", nargs="+", type=Path, metavar="CKPT", help="one or more")
     soup.add_argument("--out", type=Path, required=True, help="the averaged checkpoint")
     soup.set_defaults(func=_soup)
 

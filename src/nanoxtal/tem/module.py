@@ -273,7 +273,8 @@ def average_segmenters(checkpoints: Sequence[Path | str], out: Path | str) -> Pa
     (``num_batches_tracked``) are the first checkpoint's.
 
     Args:
-        checkpoints: Segmenter checkpoints of one architecture (at least two).
+        checkpoints: Segmenter checkpoints of one architecture (one gives its own weights,
+            without the training state).
         out: The averaged checkpoint, written atomically; it records its sources
             (``soup``).
 
@@ -281,11 +282,11 @@ def average_segmenters(checkpoints: Sequence[Path | str], out: Path | str) -> Pa
         ``out``.
 
     Raises:
-        ValueError: Fewer than two checkpoints, or one whose architecture or weights differ
+        ValueError: No checkpoint, or one whose architecture or weights differ
             from the first's (names the file).
     """
-    if len(checkpoints) < 2:
-        raise ValueError(f"a weight average needs at least two checkpoints, got {len(checkpoints)}")
+    if not checkpoints:
+        raise ValueError("a weight average needs at least one checkpoint")
     first = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
     arch, names = first["hyper_parameters"]["arch"], first["state_dict"].keys()
     states = [first["state_dict"]]
