@@ -608,7 +608,8 @@ def evaluate_test_parts(
         items = read_labelled_set(Path(folder).parent, name, folder)
         scored = split.parts(item.name for item in items)["test"]
         metrics[f"{name}/test_images"] = scored
-        held_out = [item for item in items if item.name in frozenset(scored)]
+        chosen = frozenset(scored)
+        held_out = [item for item in items if item.name in chosen]
         table = pd.concat(
             [
                 evaluate_set(held_out, predictor)[0].assign(set=name, method=method)
