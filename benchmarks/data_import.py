@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from nanoxtal.data import datasets, import_dataset
 from nanoxtal.data.registry import Dataset, sha256_file
+from nanoxtal.environment import describe
 
 
 def naive_import(dataset: Dataset, root: Path, dest: Path) -> None:
@@ -72,7 +72,7 @@ def main() -> None:
         )
         print(f"{dataset.name:<18} {t_ours:7.3f} s  reference {t_ref:7.3f} s  x{speedup:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": platform.platform(), "processor": platform.processor(), "rows": rows}
+    report = {"environment": describe(), "rows": rows}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 

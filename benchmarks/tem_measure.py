@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
+from nanoxtal.environment import describe
 from nanoxtal.tem.calibration import drop_scale_bar, scale_bar
 from nanoxtal.tem.measure import measure_particles, shape_classifier, synthetic_shapes
 from nanoxtal.tem.segment import segment_image
@@ -100,10 +98,7 @@ def main() -> None:
         "shape_classifier_held_out_accuracy": accuracy,
         "shape_classifier_held_out_per_class": 100,
         "results": results,
-        "versions": {name: version(name) for name in ("numpy", "scipy", "scikit-image", "pandas")},
-        "cpu_count": os.cpu_count(),
-        "machine": platform.platform(),
-        "processor": platform.processor(),
+        "environment": describe(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

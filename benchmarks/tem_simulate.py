@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, replace
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
+from nanoxtal.environment import describe
 from nanoxtal.tem.simulate import (
     MicrographSettings,
     image_rng,
@@ -76,10 +74,7 @@ def main() -> None:
         "monolayer_particles_per_image_mean": float(np.mean([len(m.particles) for m in packed])),
         "monolayer_images_per_s": len(packed) / float(packed_seconds.sum()),
         "settings": asdict(settings),
-        "versions": {name: version(name) for name in ("numpy", "scipy", "scikit-image", "pandas")},
-        "cpu_count": os.cpu_count(),
-        "machine": platform.platform(),
-        "processor": platform.processor(),
+        "environment": describe(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 import warnings
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ import pandas as pd
 import torch
 from pymatgen.analysis.diffraction.xrd import XRDCalculator
 
+from nanoxtal.environment import describe
 from nanoxtal.xrd.render import Augmentation, Renderer, make_batch
 from nanoxtal.xrd.simulate import compare_sticks, stick_pattern
 from nanoxtal.xrd.structures import parse_cif
@@ -98,8 +97,6 @@ def main() -> None:
         "seed": args.seed,
         "two_theta_range": RANGE,
         "wavelength": "CuKa 1.54184 A",
-        "pymatgen_version": version("pymatgen"),
-        "torch_threads": torch.get_num_threads(),
         "pymatgen_ms_mean": 1e3 * t_ref.mean(),
         "pymatgen_ms_median": 1e3 * float(np.median(t_ref)),
         "nanoxtal_ms_mean": 1e3 * t_ours.mean(),
@@ -111,7 +108,7 @@ def main() -> None:
         "max_position_error_deg": float(np.max(position_errors)),
         "max_intensity_error": float(np.max(intensity_errors)),
         "structures_outside_tolerance": failures,
-        "machine": platform.platform(),
+        "environment": describe(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -29,7 +29,7 @@ def snakemake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,  # the whole test-config workflow takes 7-8 min on 2 cores
     )
 
 

@@ -17,6 +17,7 @@ from nanoxtal import __version__
 from nanoxtal.arguments import json_object, settings_from
 from nanoxtal.data import DatasetError, datasets, get_dataset, import_dataset, verify
 from nanoxtal.data.registry import Dataset, manifest_entry, missing_files
+from nanoxtal.environment import describe
 from nanoxtal.files import atomic_write
 from nanoxtal.recipes.cli import add_commands as recipe_commands
 from nanoxtal.tem.cli import add_commands as tem_commands
@@ -326,6 +327,7 @@ def _xrd_evaluate(args: argparse.Namespace) -> int:
         figures=args.figures,
         single_phase=single_phase,
     )
+    metrics["environment"] = describe()
     with atomic_write(args.out) as partial:
         partial.write_text(json.dumps(metrics, indent=2) + "\n")
     for key, value in metrics.items():

@@ -5,6 +5,7 @@ import json
 import pandas as pd
 
 from nanoxtal.cli import main
+from nanoxtal.environment import describe
 
 
 def test_clean_chemicals_evaluate(tmp_path, workbook):
@@ -49,6 +50,7 @@ def test_clean_chemicals_evaluate(tmp_path, workbook):
     assert main(args) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["recipes"] == 40  # all sizes up to 9.8 nm
+    assert metrics["environment"] == describe()  # the machine it was measured on
     for model in ("random_forest", "random_forest+intermediates", "transformer+intermediates"):
         for key in (f"random/{model}/size_mae_nm", f"doi/{model}/shape_accuracy"):
             assert metrics[key] >= 0

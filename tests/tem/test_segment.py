@@ -8,6 +8,7 @@ from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
 from nanoxtal.cli import main
+from nanoxtal.environment import describe
 from nanoxtal.tem.evaluate import (
     evaluate_test_parts,
     evaluation_figure,
@@ -199,6 +200,7 @@ def test_cli_evaluate_writes_metrics_table_and_figure(tmp_path, msa_like, capsys
     assert main([*args, *extra]) == 0
     metrics = json.loads(out.read_text())
     assert metrics["model"] is None and metrics["msa_em/baseline/ap50"] == 1.0
+    assert metrics["environment"] == describe()  # the machine it was measured on
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     assert "msa_em/baseline/ap50: 1.000" in capsys.readouterr().out
     assert not any(key.startswith("shapes/") for key in metrics)
@@ -252,6 +254,9 @@ def test_cli_pool_reads_fold_folders(tmp_path, msa_like, capsys):
     assert main(command) == 0
     metrics = json.loads(pooled.read_text())
     assert len(metrics["msa_em/test_images"]) == 3 and metrics["msa_em/baseline/ap50"] == 1.0
+    # Each fold's machine, as its metrics recorded it.
+    folds = [json.loads((tmp_path / f"fold{k}" / "metrics.json").read_text()) for k in (0, 1)]
+    assert metrics["cv_environments"] == [fold["environment"] for fold in folds]
     assert (tmp_path / "cv.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit, match="fold2: not a scored fold"):
         main(["tem", "pool", *folders, str(tmp_path / "fold2"), "--out", str(pooled)])

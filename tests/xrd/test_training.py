@@ -9,6 +9,7 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 from nanoxtal.cli import main
+from nanoxtal.environment import describe
 from nanoxtal.train import TrainerSettings
 from nanoxtal.xrd.datamodule import XrdDataModule
 from nanoxtal.xrd.evaluate import predict_files
@@ -221,6 +222,7 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["rruff_heldout_size"] == 24 and metrics["rruff_finetune_size"] == 24
+    assert metrics["environment"] == describe()  # the machine it was measured on
     # Every held-out crystal has three sibling renders in the fine-tune part: the lookup floor.
     assert metrics["rruff_heldout/nearest_neighbour/space_group_accuracy"] > 0.5
     # The floor is the plain cosine lookup on unsmoothed patterns, whatever the library does.

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from nanoxtal.arguments import json_object
+from nanoxtal.environment import describe
 from nanoxtal.files import atomic_write
 
 EXIT_OK = 0
@@ -110,6 +111,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "features": len(featurizer.columns),
         "held_out_products": list(args.products),
+        "environment": describe(),
     }
     # (label suffix, augmented rows, their features) per training-data variant compared.
     variants: list[tuple[str, pd.DataFrame | None, pd.DataFrame | None]] = []

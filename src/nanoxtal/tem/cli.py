@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nanoxtal.arguments import json_object, settings_from
+from nanoxtal.environment import describe
 from nanoxtal.files import atomic_write
 
 if TYPE_CHECKING:
@@ -239,7 +240,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             methods["model"] = lambda image: segment_image(image, model, chosen)
         return methods
 
-    metrics: dict[str, object] = {"model": str(args.model) if args.model else None}
+    metrics: dict[str, object] = {
+        "model": str(args.model) if args.model else None,
+        "environment": describe(),
+    }
     tables = []
     for name, folder in args.set:
         found, table = evaluate_test_parts({name: folder}, predictors(name), split)

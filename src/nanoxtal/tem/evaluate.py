@@ -634,7 +634,8 @@ def pool_folds(
 
     Returns:
         Flat metrics as ``evaluate_test_parts`` gives them, over the pooled images, with
-        ``cv_fold`` None and ``cv_models`` (each fold's model); and the pooled table, with a
+        ``cv_fold`` None, ``cv_models`` and ``cv_environments`` (each fold's model and
+        machine); and the pooled table, with a
         ``fold`` column.
 
     Raises:
@@ -663,6 +664,7 @@ def pool_folds(
         **first,
         "cv_fold": None,
         "cv_models": [metrics.get("model") for metrics in fold_metrics],
+        "cv_environments": [metrics.get("environment") for metrics in fold_metrics],
     }
     for name, rows in table.groupby("set", sort=False):
         pooled[f"{name}/test_images"] = sorted(rows["name"].astype(str).unique())
