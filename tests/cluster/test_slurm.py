@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # The README's test-cluster command after `snakemake`: the profile, no account and job status
 # from squeue (no accounting database), first status check after 5 s (jobs are short here), at
-# most 2 CPUs per job (the test node's).
+# most 1 CPU per job (so the 2-CPU test node runs two jobs at once).
 SLURM_ARGS = [
     "--workflow-profile",
     "profiles/slurm",
@@ -32,7 +32,7 @@ SLURM_ARGS = [
     "--slurm-init-seconds-before-status-checks",
     "5",
     "--max-threads",
-    "2",
+    "1",
 ]
 
 
