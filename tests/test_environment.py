@@ -61,3 +61,9 @@ def test_uncommitted_changes_mark_the_commit_dirty(tmp_path):
     assert source_commit(tmp_path) == git("rev-parse", "HEAD")
     (tmp_path / "a.py").write_text("x = 2\n")
     assert source_commit(tmp_path) == git("rev-parse", "HEAD") + "+dirty"
+    # A package copied into an untracked folder (a virtualenv inside the repository) is not
+    # the repository's source.
+    installed = tmp_path / ".venv" / "site-packages" / "nanoxtal"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("")
+    assert source_commit(installed) is None

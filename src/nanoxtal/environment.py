@@ -58,7 +58,8 @@ def source_commit(folder: Path | None = None) -> str | None:
 
     Returns:
         The commit hash, with ``+dirty`` when tracked files have uncommitted changes; None
-        outside a git checkout (an installed wheel) or without git.
+        without git, outside a git checkout, or when git tracks nothing in ``folder`` (a
+        package installed into a virtualenv that lies inside some other repository).
     """
     folder = folder or Path(__file__).resolve().parent
     git = ["git", "-C", str(folder)]
@@ -66,7 +67,10 @@ def source_commit(folder: Path | None = None) -> str | None:
         commit = subprocess.run(
             [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
         )
-        if commit.returncode != 0:
+        tracked = subprocess.run(
+            [*git, "ls-files", "--error-unmatch", "."], capture_output=True, timeout=30
+        )
+        if commit.returncode != 0 or tracked.returncode != 0:
             return None
         status = subprocess.run(
             [*git, "status", "--porcelain", "--untracked-files=no"],
