@@ -635,8 +635,7 @@ def pool_folds(
     Returns:
         Flat metrics as ``evaluate_test_parts`` gives them, over the pooled images, with
         ``cv_fold`` None, ``cv_models`` and ``cv_environments`` (each fold's model and
-        machine); and the pooled table, with a
-        ``fold`` column.
+        machine); and the pooled table, with a ``fold`` column.
 
     Raises:
         ValueError: The folds are not one complete cross-validation: a different split,
