@@ -252,6 +252,9 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     test_names = {f"msa_em/{name}" for name in tem["msa_em/test_images"]}
     assert len(bank["images"]) == 10 and not test_names & set(bank["images"])
     assert (workdir / "results" / "tem" / "banks" / "pseudo.npz").is_file()
+    # The students' film bank (test config: msa_em, as film only) holds the same training half.
+    film = json.loads((workdir / "results" / "tem" / "banks" / "film.json").read_text())
+    assert film["images"] == bank["images"] and film["film_margin_px"] == 8
     # The published segmenter is the weight average of the test config's two students.
     published = torch.load(
         workdir / "results" / "tem" / "models" / "best.ckpt", map_location="cpu", weights_only=True
@@ -290,3 +293,5 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
         left_out = {f"msa_em/{name}" for name in scored["msa_em/test_images"]}
         assert len(left_out) == 5 and not left_out & set(fold_bank["images"])
         assert not test_names & set(fold_bank["images"]) and len(fold_bank["images"]) == 5
+        fold_film = json.loads((cv_root / f"fold{fold}" / "banks" / "film.json").read_text())
+        assert fold_film["images"] == fold_bank["images"]

@@ -10,9 +10,11 @@ from nanoxtal.cli import main
 from nanoxtal.tem.bank import (
     ImageBank,
     PseudoSettings,
+    film_labels,
     labelled_bank,
     load_bank,
     merge_banks,
+    occupied_by_boxes,
     pseudo_label,
     save_bank,
 )
@@ -92,7 +94,8 @@ def test_cross_validation_banks_leave_out_their_fold_and_the_test_part(msa_like)
     assert len(held) == len(set(held)) == 3
 
 
-def test_box_labels_become_ellipses_and_bright_particles_are_inverted(tmp_path):
+def stem_like(tmp_path):
+    """Two 40 × 60 HAADF images (bright particles) with YOLO boxes around their particles."""
     root = tmp_path / "stem_boxes"
     for folder in ("images", "labels"):
         (root / folder).mkdir(parents=True)
@@ -104,7 +107,11 @@ def test_box_labels_become_ellipses_and_bright_particles_are_inverted(tmp_path):
         # YOLO: class cx cy w h, normalised to the 60 × 40 image.
         lines = ["0 0.25 0.5 0.2 0.3", "0 0.6667 0.5 0.1333 0.2"]
         (root / "labels" / f"s{index}.txt").write_text("\n".join(lines) + "\n")
-    bank, split = labelled_bank({"stem_boxes": root}, Split(1, 0.5))
+    return root
+
+
+def test_box_labels_become_ellipses_and_bright_particles_are_inverted(tmp_path):
+    bank, split = labelled_bank({"stem_boxes": stem_like(tmp_path)}, Split(1, 0.5))
     [name] = bank.names
     assert name == f"stem_boxes/{split['stem_boxes']['train'][0]}"
     labels, image = bank.instances[0], bank.images[0]
@@ -112,6 +119,46 @@ def test_box_labels_become_ellipses_and_bright_particles_are_inverted(tmp_path):
     # The ellipse inscribed in a 12 × 12 px box: area π·6² within a few pixels.
     assert abs((labels == 1).sum() - np.pi * 36) < 8
     assert image[20, 15] < 0.2 and image[5, 5] > 0.8  # stored with dark particles
+
+
+def test_film_labels_trust_only_the_film_beyond_the_margin():
+    occupied = np.zeros((20, 30), dtype=bool)
+    occupied[5:10, 5:10] = True
+    labels, valid = film_labels(occupied, 2.0)
+    assert labels.dtype == np.int32 and not labels.any()
+    assert not valid[5:10, 5:10].any()
+    assert not valid[7, 11] and valid[7, 12]  # 2 px right of the box: untrusted; 3 px: film
+    assert valid[0, 0] and valid[19, 29]
+    assert film_labels(np.zeros((4, 4), dtype=bool), 2.0)[1].all()  # no particle: all film
+    with pytest.raises(ValueError, match="margin_px must be >= 0"):
+        film_labels(occupied, -1.0)
+
+
+def test_boxes_cover_their_pixels_partly_outside_the_image():
+    mask = occupied_by_boxes(np.array([[2.5, 3.2, 5.0, 6.7], [-3.0, 8.0, 2.0, 20.0]]), (10, 12))
+    assert mask[2:5, 3:7].all() and mask.sum() == 3 * 4 + 2 * 4
+    assert mask[0:2, 8:12].all()
+
+
+def test_film_bank_of_boxes_distrusts_the_boxes_and_teaches_no_particle(tmp_path):
+    root = stem_like(tmp_path)
+    film, _ = labelled_bank({"stem_boxes": root}, Split(1, 0.5), film_margin_px=1.0)
+    full, _ = labelled_bank({"stem_boxes": root}, Split(1, 0.5))
+    assert film.names == full.names and film.sources == ("film",)
+    assert not film.instances[0].any()
+    valid = film.valid[0]
+    # The 12 × 12 box around the particle at (20, 15) and the pixels next to it, untrusted.
+    assert not valid[14:26, 8:22].any() and not valid[13:27, 9:21].any()
+    assert valid[2, 2] and valid[20, 55] and 0.5 < valid.mean() < 0.95
+    np.testing.assert_array_equal(film.images[0], full.images[0])  # inverted alike
+
+
+def test_film_bank_of_instance_masks_distrusts_the_particles(msa_like):
+    bank, _ = labelled_bank({"msa_em": msa_like}, Split(42, 0.5), film_margin_px=0.0)
+    full, _ = labelled_bank({"msa_em": msa_like}, Split(42, 0.5))
+    for labels, valid, truth in zip(bank.instances, bank.valid, full.instances, strict=True):
+        assert not labels.any()
+        np.testing.assert_array_equal(valid, truth == 0)
 
 
 def test_bank_crops_draw_every_set_equally_often():
@@ -240,6 +287,11 @@ def test_cli_bank_and_pseudo(tmp_path, msa_like, capsys):
     assert len(load_bank(fold)) == 2  # the 3 training images dealt 2 + 1; fold 1 (1) is scored
     with pytest.raises(SystemExit, match=r"fold must be within \[0, 2\)"):
         main([*args, "--cv-folds", "2", "--cv-fold", "2", "--out", str(fold)])
+    film = tmp_path / "film.npz"
+    assert main([*args, "--film-margin", "3", "--out", str(film), "--summary", str(summary)]) == 0
+    assert load_bank(film).sources == ("film",) * 3
+    assert '"film_margin_px": 3.0' in summary.read_text()
+    assert "3 film-only training images" in capsys.readouterr().out
     model = train_segmenter(tmp_path / "pre", TrainSettings(**TINY), CPU)
     (tmp_path / "bad.png").write_bytes(b"not a png")
     images = [str(msa_like / "images"), str(tmp_path / "bad.png")]

@@ -106,6 +106,7 @@ TEM_SETS = {
 }
 TEM_EVALUATED = [name for name, dataset in TEM_SETS.items() if dataset in DATASET_NAMES]
 TEM_BANK_SETS = [name for name in config["tem"]["bank"]["sets"] if name in TEM_EVALUATED]
+TEM_FILM_SETS = [name for name in config["tem"]["bank"]["film_sets"] if name in TEM_EVALUATED]
 TEM_UNLABELED = [name for name in ["tem_unlabeled"] if name in DATASET_NAMES]
 # Micrographs `nanoxtal tem measure` runs on, by output name.
 TEM_MEASURED = {

@@ -26,6 +26,33 @@ rule tem_bank:
         " --summary {output.summary:q} > {log:q} 2>&1"
 
 
+# The students' film bank: the training part of `tem.bank.film_sets`, trusted as film only, far
+# from every labelled particle (nanoxtal.tem.bank.film_labels).
+# A rule of its own rather than `use rule tem_bank`: a film parameter in tem_bank would change
+# its params record, and Snakemake would retrain the teacher of every existing run.
+rule tem_film_bank:
+    input:
+        lambda wildcards: [dataset_dir(TEM_SETS[name]) for name in TEM_FILM_SETS],
+    output:
+        bank="results/tem/banks/film.npz",
+        summary="results/tem/banks/film.json",
+    params:
+        sets=lambda wildcards, input: tem_set_options(TEM_FILM_SETS, input),
+        split=tem_split_options(),
+        margin=config["tem"]["bank"]["film_margin_px"],
+    log:
+        "logs/tem/film_bank.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/tem.yaml"
+    shell:
+        "nanoxtal tem bank {params.sets} {params.split} --film-margin {params.margin}"
+        " --out {output.bank:q} --summary {output.summary:q} > {log:q} 2>&1"
+
+
 rule tem_teacher:
     input:
         rules.tem_bank.output.bank,
@@ -88,7 +115,8 @@ rule tem_student:
         init=rules.tem_teacher.output[0],
         # Without unlabelled micrographs there is nothing to pseudo-label: labelled bank only.
         banks=[rules.tem_bank.output.bank]
-        + ([rules.tem_pseudo.output[0]] if TEM_UNLABELED else []),
+        + ([rules.tem_pseudo.output[0]] if TEM_UNLABELED else [])
+        + ([rules.tem_film_bank.output.bank] if TEM_FILM_SETS else []),
     output:
         "results/tem/students/seed{student}/models/best.ckpt",
     params:
@@ -235,6 +263,16 @@ use rule tem_bank as tem_cv_bank with:
         "logs/tem/cv/fold{fold}/bank.log",
 
 
+use rule tem_film_bank as tem_cv_film_bank with:
+    output:
+        bank=f"{TEM_CV}/banks/film.npz",
+        summary=f"{TEM_CV}/banks/film.json",
+    params:
+        split=tem_cv_split_options,
+    log:
+        "logs/tem/cv/fold{fold}/film_bank.log",
+
+
 use rule tem_teacher as tem_cv_teacher with:
     input:
         rules.tem_cv_bank.output.bank,
@@ -262,7 +300,8 @@ use rule tem_student as tem_cv_student with:
     input:
         init=rules.tem_cv_teacher.output[0],
         banks=[rules.tem_cv_bank.output.bank]
-        + ([rules.tem_cv_pseudo.output[0]] if TEM_UNLABELED else []),
+        + ([rules.tem_cv_pseudo.output[0]] if TEM_UNLABELED else [])
+        + ([rules.tem_cv_film_bank.output.bank] if TEM_FILM_SETS else []),
     output:
         f"{TEM_CV}/students/seed{{student}}/models/best.ckpt",
     log:

@@ -5,6 +5,10 @@ trusted on. Two kinds are built:
 
 * **labelled** banks, from the training part of the labelled sets (``fixed_split``; the test
   part is never read into a bank), where every pixel is trusted;
+* **film** banks, from the same training parts, where only the film farther than a margin from
+  every labelled particle is trusted, as film. Box labels say where particles are, not their
+  outlines: a film bank teaches what is *not* a particle (e.g. the textured supports of STEM
+  catalyst images) without teaching box-shaped outlines;
 * **pseudo-labelled** banks, from unlabelled micrographs segmented by a teacher network
   (self-training): only confident pixels are trusted (Xie et al., "Self-training with Noisy
   Student improves ImageNet classification", CVPR 2020; for segmentation, Zou et al., "Pseudo
@@ -19,6 +23,7 @@ Banks are ``.npz`` files with arrays ``image_<k>`` (float32, normalised with
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,13 +80,43 @@ def boxes_to_instances(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return labels
 
 
+def film_labels(occupied: np.ndarray, margin_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Film-only labels: no particle anywhere, trusted only away from the labelled particles.
+
+    Args:
+        occupied: bool mask of the labelled particles (filled boxes or instance masks).
+        margin_px: A trusted pixel is farther than this (px) from every labelled particle,
+            so loose boxes and particle rims are never taught as film.
+
+    Returns:
+        int32 labels (all 0) and the bool mask of the trusted film.
+    """
+    if margin_px < 0:
+        raise ValueError(f"margin_px must be >= 0, got {margin_px}")
+    if not occupied.any():
+        return np.zeros(occupied.shape, dtype=np.int32), np.ones(occupied.shape, dtype=bool)
+    distance = ndimage.distance_transform_edt(~occupied)
+    return np.zeros(occupied.shape, dtype=np.int32), distance > margin_px
+
+
+def occupied_by_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Mask of the pixels inside any box (row0, col0, row1, col1; px)."""
+    mask = np.zeros(shape, dtype=bool)
+    for row0, col0, row1, col1 in np.asarray(boxes, dtype=float).reshape(-1, 4):
+        rows = slice(max(0, math.floor(row0)), max(0, math.ceil(row1)))
+        cols = slice(max(0, math.floor(col0)), max(0, math.ceil(col1)))
+        mask[rows, cols] = True
+    return mask
+
+
 @dataclass(frozen=True, eq=False)
 class ImageBank:
     """Real micrographs with instance labels and trusted-pixel masks.
 
     Attributes:
         names: One name per image (``<set>/<stem>`` or the file stem).
-        sources: Where each image's labels came from: ``"labels"`` or ``"pseudo"``.
+        sources: Where each image's labels came from: ``"labels"``, ``"film"`` (film only,
+            ``film_labels``) or ``"pseudo"``.
         images: float32 images in [0, 1] (``normalise_image``).
         instances: int32 instance labels, 0 = film.
         valid: bool masks of the pixels whose labels are trusted.
@@ -170,7 +205,7 @@ def load_bank(path: Path | str) -> ImageBank:
 
 
 def labelled_bank(
-    folders: Mapping[str, Path | str], split: Split
+    folders: Mapping[str, Path | str], split: Split, film_margin_px: float | None = None
 ) -> tuple[ImageBank, dict[str, dict[str, list[str]]]]:
     """The training part of labelled sets as a bank; the scored part is left out.
 
@@ -181,6 +216,9 @@ def labelled_bank(
             (``BANK_POLARITY``).
         split: The split (``Split.parts``): the bank holds its ``train`` part, i.e. without
             the test part and, with cross-validation folds, without the scored fold.
+        film_margin_px: None: every pixel is trusted. A number: a film bank, where only the
+            film farther than this (px) from every labelled particle or box is trusted
+            (``film_labels``).
 
     Returns:
         The bank and, per set, the split it was cut from (record it with the model).
@@ -189,7 +227,7 @@ def labelled_bank(
         ValueError: An unknown set, or an unreadable training image (the bank must not
             silently miss images the split promised).
     """
-    names, images, instances, splits = [], [], [], {}
+    names, images, instances, masks, splits = [], [], [], [], {}
     for name, folder in folders.items():
         if name not in BANK_SETS:
             raise ValueError(f"no bank can be made of {name!r}; sets: {BANK_SETS}")
@@ -205,18 +243,27 @@ def labelled_bank(
             labels = item.instances
             if labels is None:
                 labels = boxes_to_instances(item.boxes, item.image.shape)
+            valid = np.ones(item.image.shape, dtype=bool)
+            if film_margin_px is not None:
+                occupied = (
+                    labels > 0
+                    if item.instances is not None
+                    else occupied_by_boxes(item.boxes, item.image.shape)
+                )
+                labels, valid = film_labels(occupied, film_margin_px)
             image = item.image
             if particles_are_bright(image, BANK_POLARITY.get(name, "dark")):
                 image = -image  # normalise_image rescales: a full contrast inversion
             names.append(f"{name}/{item.name}")
             images.append(normalise_image(image))
             instances.append(labels.astype(np.int32))
+            masks.append(valid)
     bank = ImageBank(
         names=tuple(names),
-        sources=("labels",) * len(names),
+        sources=("labels" if film_margin_px is None else "film",) * len(names),
         images=tuple(images),
         instances=tuple(instances),
-        valid=tuple(np.ones(image.shape, dtype=bool) for image in images),
+        valid=tuple(masks),
     )
     return bank, splits
 

@@ -91,10 +91,11 @@ def _bank(args: argparse.Namespace) -> int:
     from nanoxtal.tem.bank import labelled_bank, save_bank
 
     split = _split_from(args)
-    bank, splits = labelled_bank(dict(args.set), split)
+    bank, splits = labelled_bank(dict(args.set), split, args.film_margin)
     save_bank(bank, args.out)
     record = {
         "sets": {name: str(folder) for name, folder in args.set},
+        "film_margin_px": args.film_margin,
         **split.record(),
         "images": list(bank.names),
         "pixels": bank.pixels,
@@ -103,7 +104,12 @@ def _bank(args: argparse.Namespace) -> int:
     if args.summary:
         with atomic_write(args.summary) as partial:
             partial.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{len(bank)} labelled training images ({bank.pixels} px) written to {args.out}")
+    kind = "labelled" if args.film_margin is None else "film-only"
+    trusted = sum(int(mask.sum()) for mask in bank.valid) / max(bank.pixels, 1)
+    print(
+        f"{len(bank)} {kind} training images ({bank.pixels} px, {trusted:.1%} trusted)"
+        f" written to {args.out}"
+    )
     return EXIT_OK
 
 
@@ -507,6 +513,13 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     _split_arguments(bank)
     bank.add_argument("--out", type=Path, required=True, help="bank file (.npz)")
     bank.add_argument("--summary", type=Path, help="JSON record of the images and split")
+    bank.add_argument(
+        "--film-margin",
+        type=float,
+        metavar="PX",
+        help="a film bank: trust only the film farther than PX from every labelled particle"
+        " or box, so the network learns what is not a particle (e.g. textured supports)",
+    )
     bank.set_defaults(func=_bank)
 
     pseudo = verbs.add_parser(
