@@ -292,6 +292,8 @@ def test_cli_bank_and_pseudo(tmp_path, msa_like, capsys):
     assert load_bank(film).sources == ("film",) * 3
     assert '"film_margin_px": 3.0' in summary.read_text()
     assert "3 film-only training images" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--film-margin must be >= 0 px"):
+        main([*args, "--film-margin", "-1", "--out", str(film)])
     model = train_segmenter(tmp_path / "pre", TrainSettings(**TINY), CPU)
     (tmp_path / "bad.png").write_bytes(b"not a png")
     images = [str(msa_like / "images"), str(tmp_path / "bad.png")]

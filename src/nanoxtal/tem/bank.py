@@ -240,17 +240,18 @@ def labelled_bank(
                 continue
             if item.error is not None or item.image is None:
                 raise ValueError(f"{name}/{item.name}: {item.error or 'no image'}")
-            labels = item.instances
-            if labels is None:
-                labels = boxes_to_instances(item.boxes, item.image.shape)
-            valid = np.ones(item.image.shape, dtype=bool)
             if film_margin_px is not None:
                 occupied = (
-                    labels > 0
+                    item.instances > 0
                     if item.instances is not None
                     else occupied_by_boxes(item.boxes, item.image.shape)
                 )
                 labels, valid = film_labels(occupied, film_margin_px)
+            else:
+                labels = item.instances
+                if labels is None:
+                    labels = boxes_to_instances(item.boxes, item.image.shape)
+                valid = np.ones(item.image.shape, dtype=bool)
             image = item.image
             if particles_are_bright(image, BANK_POLARITY.get(name, "dark")):
                 image = -image  # normalise_image rescales: a full contrast inversion

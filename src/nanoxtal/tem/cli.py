@@ -91,6 +91,8 @@ def _bank(args: argparse.Namespace) -> int:
     from nanoxtal.tem.bank import labelled_bank, save_bank
 
     split = _split_from(args)
+    if args.film_margin is not None and args.film_margin < 0:
+        raise SystemExit(f"error: --film-margin must be >= 0 px, got {args.film_margin}")
     bank, splits = labelled_bank(dict(args.set), split, args.film_margin)
     save_bank(bank, args.out)
     record = {
