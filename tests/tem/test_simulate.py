@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import tifffile
 from skimage import io
+from skimage.feature import peak_local_max
 
 from nanoxtal.cli import main
 from nanoxtal.tem.simulate import (
@@ -233,7 +234,49 @@ def test_monolayer_packs_without_overlaps():
     assert not table["overlaps"].any()
 
 
+def support_depth(**changes) -> np.ndarray:
+    """Optical depth a support adds to an empty, noiseless, fringe-free micrograph."""
+    plain = {
+        "count": 0,
+        "dose_e_per_px": None,
+        "film_texture": 0.0,
+        "film_undulation": 0.0,
+        "illumination_gradient": 0.0,
+        "fresnel_fringe": 0.0,
+        "scale_bar": False,
+        "bits": 16,
+    }
+    bare = simulate_micrograph(settings(**plain), 3).image.astype(float)
+    supported = simulate_micrograph(settings(**plain, **changes), 3).image.astype(float)
+    return np.log(bare / np.maximum(supported, 1))
+
+
+def count_lumps(depth: np.ndarray) -> int:
+    return len(peak_local_max(depth, min_distance=2, threshold_abs=0.05))
+
+
+def test_granular_support_covers_its_share_with_grain_sized_lumps():
+    sparse = support_depth(support_depth=0.3, support_grain_nm=5.0, support_coverage=0.3)
+    fine = support_depth(support_depth=0.3, support_grain_nm=5.0, support_coverage=0.8)
+    coarse = support_depth(support_depth=0.3, support_grain_nm=20.0, support_coverage=0.8)
+    assert fine.min() > -1e-3  # a support only absorbs
+    assert 0.2 < (sparse > 0.01).mean() < 0.4
+    assert 0.6 < (fine > 0.01).mean() < 0.9
+    assert fine[fine > 0.01].mean() == pytest.approx(0.3, rel=0.25)
+    # 4× smaller grains: about 16× more lumps on the same area
+    assert count_lumps(fine) > 5 * count_lumps(coarse)
+
+
+def test_no_support_draws_no_random_numbers():
+    # the teachers trained before supports existed stay reproducible
+    plain = simulate_micrograph(settings(), 7).image
+    unused = simulate_micrograph(settings(support_grain_nm=5.0, support_coverage=1.0), 7).image
+    np.testing.assert_array_equal(plain, unused)
+
+
 def test_settings_are_checked():
+    with pytest.raises(ValueError, match="support_coverage"):
+        MicrographSettings(support_coverage=1.5)
     with pytest.raises(ValueError, match="unknown micrograph setting"):
         MicrographSettings.from_mapping({"nm_per_pixel": 1.0})
     with pytest.raises(ValueError, match="bits"):

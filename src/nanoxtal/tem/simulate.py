@@ -119,6 +119,12 @@ class MicrographSettings:
         film_texture: Relative standard deviation of the carbon film's fine speckle.
         film_grain_nm: Correlation length of that speckle (nm, Gaussian sigma; at least 0.7 px).
         film_undulation: Relative standard deviation of slow film thickness variations.
+        support_depth: Mean optical depth (−ln of transmission) of a granular support under
+            the particles where it lies (0: none), e.g. carbon black or oxide aggregates of
+            supported catalysts.
+        support_grain_nm: Size of the support's grains (nm), about the particles' own size in
+            such images, hence lumps a segmenter must learn not to count.
+        support_coverage: Fraction of the image the support covers.
         defocus_sigma_px: Defocus blur (px, Gaussian sigma).
         fresnel_fringe: Strength of the bright Fresnel fringe outside particle edges (0: none).
         fringe_width_px: Width of that fringe (px, Gaussian sigma).
@@ -159,6 +165,9 @@ class MicrographSettings:
     film_texture: float = 0.1
     film_grain_nm: float = 0.8
     film_undulation: float = 0.03
+    support_depth: float = 0.0
+    support_grain_nm: float = 20.0
+    support_coverage: float = 0.6
     defocus_sigma_px: float = 0.8
     fresnel_fringe: float = 0.4
     fringe_width_px: float = 3.0
@@ -218,6 +227,10 @@ def _problems(settings: MicrographSettings) -> list[str]:
         (
             min(s.film_texture, s.film_undulation, s.film_grain_nm) >= 0,
             "film settings must be ≥ 0",
+        ),
+        (
+            s.support_depth >= 0 and s.support_grain_nm > 0 and 0 <= s.support_coverage <= 1,
+            "support_depth ≥ 0, support_grain_nm > 0 and support_coverage within 0–1",
         ),
         (
             min(s.defocus_sigma_px, s.fresnel_fringe, s.fringe_width_px) >= 0,
@@ -845,7 +858,31 @@ def _film_depth(settings: MicrographSettings, rng: np.random.Generator) -> np.nd
         depth += np.float32(settings.film_texture / speckle.std()) * speckle
     if settings.film_undulation > 0:
         depth += np.float32(settings.film_undulation) * _smooth_field(rng, shape, max(shape) / 12)
+    if settings.support_depth > 0 and settings.support_coverage > 0:
+        depth += _support_depth(settings, rng)
     return depth
+
+
+def _support_depth(settings: MicrographSettings, rng: np.random.Generator) -> np.ndarray:
+    """Optical depth of a granular support: particle-sized lumps over part of the image.
+
+    Supports of catalysts (carbon black, oxides) are aggregates of primary grains about as
+    large as the metal particles, so their mass-thickness contrast (Williams & Carter,
+    Transmission Electron Microscopy, 2nd ed., ch. 22) makes lumps that look like faint
+    particles. Modelled as a thickness 1 + z ≥ 0, z a unit Gaussian field whose correlation
+    length is a third of the grain size (thin gaps where z < −1, lumps up to about four times
+    the mean), scaled to mean ``support_depth``, inside a region bounded by a slow field that
+    covers ``support_coverage`` of the image with soft edges.
+    """
+    shape = (settings.height_px, settings.width_px)
+    grain_px = max(1.0, settings.support_grain_nm / settings.nm_per_px)
+    lumps = np.maximum(1 + _smooth_field(rng, shape, grain_px / 3), 0)
+    lumps /= lumps.mean() + 1e-12
+    region = _smooth_field(rng, shape, max(shape) / 6)
+    edge = np.quantile(region, 1 - settings.support_coverage)
+    # region is unit-variance: a ramp 0.3 wide gives edges of a few grains, not a cliff
+    cover = np.clip((region - edge) / 0.3 + 0.5, 0, 1)
+    return (settings.support_depth * cover * lumps).astype(np.float32)
 
 
 def _illumination(settings: MicrographSettings, rng: np.random.Generator) -> np.ndarray:
