@@ -17,10 +17,11 @@ from nanoxtal.tem.evaluate import (
     evaluate_synthetic_shapes,
     match_instances,
     mean_iou,
+    shape_micrograph,
     summarise,
 )
 from nanoxtal.tem.io import LabelledImage
-from nanoxtal.tem.simulate import SHAPE_CLASSES
+from nanoxtal.tem.simulate import SHAPE_CLASSES, image_rng
 
 
 def squares(shape: tuple[int, int], boxes: dict[int, tuple[int, int, int, int]]) -> np.ndarray:
@@ -265,6 +266,41 @@ def test_synthetic_shapes_scores_exact_outlines_and_failed_segmentations():
     assert metrics["shapes/synthetic/blob/particles"] == 0
     assert math.isnan(metrics["shapes/synthetic/blob/accuracy"])
     assert math.isnan(metrics["shapes/synthetic/blob/dominant_accuracy"])
+    # ...and leaves no particle that every method matched.
+    assert metrics["shapes/synthetic/common_particles"] == 0
+    assert math.isnan(metrics["shapes/synthetic/truth/common_accuracy"])
     # The same seed draws the same micrographs.
     again, _ = evaluate_synthetic_shapes({}, per_class=1, seed=4, width_px=320)
     assert again["shapes/synthetic/truth/accuracy"] == metrics["shapes/synthetic/truth/accuracy"]
+
+
+def test_synthetic_shapes_compare_methods_on_the_particles_all_of_them_matched():
+    seed, width = 4, 320
+    truths = {}
+    for index, shape in enumerate(SHAPE_CLASSES):
+        micrograph = shape_micrograph(shape, width, image_rng(seed, index))
+        truths[micrograph.image.tobytes()] = micrograph.instances
+
+    def renumbered(image: np.ndarray) -> np.ndarray:
+        # Every particle, exact, with ids in the reverse order of the truth's.
+        instances = truths[image.tobytes()]
+        return np.where(instances > 0, instances.max() + 1 - instances, 0)
+
+    def even(image: np.ndarray) -> np.ndarray:
+        # Exact outlines of half the particles only.
+        instances = truths[image.tobytes()]
+        return np.where(instances % 2 == 0, instances, 0)
+
+    metrics, _ = evaluate_synthetic_shapes(
+        {"renumbered": renumbered, "even": even}, per_class=1, seed=seed, width_px=width
+    )
+    shapes = "shapes/synthetic"
+    assert metrics[f"{shapes}/renumbered/particles"] == metrics[f"{shapes}/truth/particles"]
+    assert metrics[f"{shapes}/renumbered/accuracy"] == metrics[f"{shapes}/truth/accuracy"]
+    # The shared particles are the even ones, and everyone classifies them alike.
+    common = metrics[f"{shapes}/common_particles"]
+    assert common == metrics[f"{shapes}/even/particles"]
+    assert 0 < common < metrics[f"{shapes}/truth/particles"]
+    expected = metrics[f"{shapes}/even/accuracy"]
+    for method in ("truth", "renumbered", "even"):
+        assert metrics[f"{shapes}/{method}/common_accuracy"] == pytest.approx(expected)

@@ -286,6 +286,7 @@ def _print_headline(metrics: dict[str, object]) -> None:
         "/diameter_error",
         "/sample_diameter_error",
         "/dominant_accuracy",
+        "/common_accuracy",
     )
     for key, value in metrics.items():
         if key.endswith(headline) and isinstance(value, float):
