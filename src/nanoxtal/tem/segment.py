@@ -89,7 +89,10 @@ class SegmentSettings:
         test_time_augment: Average the network's maps over the 8 flips and rotations
             (``augmented_maps``) at 8× the cost. On the training halves: msa_em AP50
             0.81 → 0.83, AP75 0.67 → 0.72, but count error 0.10 → 0.14; au_monolayer AP75
-            0.72 → 0.77. Off by default (the 1-s-per-megapixel budget).
+            0.72 → 0.77. Cross-validated with the film-bank student (seed 42, session 16,
+            paired over images): msa_em AP50 +0.041 [0.010, 0.075] but AP75 −0.045
+            [−0.087, −0.006], au_monolayer AP75 +0.017, stem_boxes count error +0.17
+            [−0.02, +0.54]. Off by default (the 1-s-per-megapixel budget, and no clear gain).
         background_fraction: For images with bright particles: the support is flattened
             by subtracting its ``opening_background`` with a footprint this fraction of the
             image side wide, for the baseline and the network alike. On the training half
