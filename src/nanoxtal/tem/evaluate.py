@@ -728,8 +728,9 @@ def evaluate_synthetic_shapes(
         faint particles (which no outline classifies well) scores a lower ``accuracy`` for
         it, so ``common_accuracy`` compares the methods on the same particles: those every
         method matched (``common_particles``). On the development micrographs (seed 11) the
-        network matched 1,747 particles, 950 of them under 15 px across, the baseline 752;
-        on the 716 both matched, the network classified 57 % right, the baseline 48 %. And the
+        session-15 network matched 1,747 particles, 950 of them under 15 px across, the
+        baseline 752; on the 716 both matched, the network classified 57 % right, the
+        baseline 48 %. And the
         confusion matrix (truth rows, predicted columns, ``SHAPE_CLASSES`` order) of each
         method.
     """
