@@ -144,6 +144,47 @@ def test_test_time_augmentation_maps_every_view_back(draw_discs):
     assert augmented.max() == plain.max() == 2
 
 
+class FringeModel(ThresholdModel):
+    """Like ``ThresholdModel``, but at full size a 'lattice fringe' (a 3-px band of low
+    particle probability) cuts every particle in two, as fringes of high-resolution images
+    make the network do; images under 64 px (the halved view) come out whole."""
+
+    def predict_maps(self, image: np.ndarray, tile: int = 1024) -> dict[str, np.ndarray]:
+        maps = super().predict_maps(image, tile)
+        if image.shape[0] >= 64:
+            maps["foreground"][:, 47:50] *= 0.2
+            distance = ndimage.distance_transform_edt(maps["foreground"] > 0.5)
+            maps["distance"] = (distance / max(distance.max(), 1)).astype(np.float32)
+        return maps
+
+
+def test_maps_averaged_over_scales_mend_particles_split_at_full_size(draw_discs):
+    labels = draw_discs((96, 96), [(48, 48)], 32)
+    image = np.where(labels > 0, 0.2, 0.8).astype(np.float32)
+    model = FringeModel()
+    assert segment_image(image, model).max() == 2
+    assert [view.shape for view in model.seen] == [(96, 96)]
+    model = FringeModel()
+    found = segment_image(image, model, SegmentSettings(scales=(1.0, 0.5)))
+    assert [view.shape for view in model.seen] == [(96, 96), (48, 48)]
+    assert found.max() == 1
+    assert abs(int((found > 0).sum()) - int((labels > 0).sum())) < 0.05 * (labels > 0).sum()
+
+
+def test_small_particles_are_not_halved(draw_discs):
+    # Radius 5 px: halved it would be 2.5 px, under min_scaled_radius_px (6), so the image is
+    # predicted once, at full size, and comes out as without scales.
+    labels = draw_discs((80, 80), [(20, 20), (20, 60), (60, 40)], 5)
+    image = np.where(labels > 0, 0.2, 0.8).astype(np.float32)
+    model = ThresholdModel()
+    found = segment_image(image, model, SegmentSettings(scales=(1.0, 0.5)))
+    assert [view.shape for view in model.seen] == [(80, 80)]
+    np.testing.assert_array_equal(found, segment_image(image, ThresholdModel()))
+    model = ThresholdModel()
+    segment_image(image, model, SegmentSettings(scales=(1.0, 0.5), min_scaled_radius_px=2))
+    assert [view.shape for view in model.seen] == [(80, 80), (40, 40)]
+
+
 def test_segment_settings_refuse_nonsense():
     with pytest.raises(ValueError, match="polarity"):
         SegmentSettings(polarity="grey")
@@ -151,6 +192,10 @@ def test_segment_settings_refuse_nonsense():
         SegmentSettings(foreground_threshold=1.5)
     with pytest.raises(ValueError, match="foreground_smooth_factor"):
         SegmentSettings(foreground_smooth_factor=-0.1)
+    for scales in ((0.5,), (1.0, 2.0), (1.0, 0.0)):
+        with pytest.raises(ValueError, match="scales"):
+            SegmentSettings(scales=scales)
+    assert SegmentSettings.from_mapping({"scales": [1, 0.5]}).scales == (1.0, 0.5)
     with pytest.raises(ValueError, match="unknown TEM segmentation setting 'colour'"):
         SegmentSettings.from_mapping({"colour": 1})
 
@@ -214,6 +259,25 @@ def test_cli_evaluate_writes_metrics_table_and_figure(tmp_path, msa_like, capsys
     with pytest.raises(SystemExit):
         main(["tem", "evaluate", "--set", "nowhere=x", "--out", str(out)])
     assert "expected NAME=FOLDER" in capsys.readouterr().err
+
+
+def test_cli_evaluate_set_segment_applies_to_its_set_only(tmp_path, msa_like, capsys):
+    # The same images under two set names; one is told its particles are bright, which they
+    # are not, so only that set loses its particles.
+    out = tmp_path / "metrics.json"
+    args = ["tem", "evaluate", "--set", f"msa_em={msa_like}", "--set", f"au_monolayer={msa_like}"]
+    wrong = ["--set-segment", 'au_monolayer={"polarity": "bright"}', "--out", str(out)]
+    assert main([*args, *wrong]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["msa_em/baseline/ap50"] == 1.0
+    assert metrics["au_monolayer/baseline/ap50"] < 0.5
+    capsys.readouterr()
+    typo = ["--set-segment", 'stem_boxes={"polarity": "auto"}', "--out", str(out)]
+    assert main([*args, *typo]) != 0
+    assert "--set-segment names sets not given with --set: stem_boxes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--set-segment", "au_monolayer", "--out", str(out)])
+    assert "expected NAME=JSON" in capsys.readouterr().err
 
 
 def test_pooled_folds_score_every_training_image_once(msa_like):

@@ -184,9 +184,10 @@ rule tem_evaluate:
         sets=lambda wildcards, input: tem_set_options(TEM_EVALUATED, input.sets),
         split=tem_split_options(),
         segment=json.dumps(config["tem"]["segment"]),
-        polarity=" ".join(
-            f"--polarity {name}={value}"
-            for name, value in config["tem"]["evaluate"]["polarity"].items()
+        set_segment=" ".join(
+            f"--set-segment {shlex.quote(f'{name}={json.dumps(values)}')}"
+            for name, values in config["tem"]["evaluate"]["segment"].items()
+            if name in TEM_EVALUATED
         ),
         shapes=lambda wildcards, output: (
             f"--shapes-per-class {config['tem']['evaluate']['shapes']['per_class']}"
@@ -205,7 +206,7 @@ rule tem_evaluate:
         "../../envs/tem.yaml"
     shell:
         "nanoxtal tem evaluate {params.sets} {params.split} --model {input.model:q}"
-        " --segment {params.segment:q} {params.polarity} --out {output.metrics:q}"
+        " --segment {params.segment:q} {params.set_segment} --out {output.metrics:q}"
         " --per-image {output.per_image:q} --figure {output.figure:q}"
         " {params.shapes} > {log:q} 2>&1"
 

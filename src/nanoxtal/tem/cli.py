@@ -182,6 +182,14 @@ def _segment_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _set_segment(text: str) -> tuple[str, dict]:
+    """``NAME=JSON``: one labelled set's segment settings, over the common ``--segment``."""
+    name, separator, settings = text.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=JSON, got {text!r}")
+    return name, json_object(settings)
+
+
 def _split_arguments(parser: argparse.ArgumentParser) -> None:
     """The labelled sets and their fixed train/test split (shared by bank and evaluate)."""
     parser.add_argument(
@@ -235,14 +243,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nanoxtal.tem.segment import SegmentSettings, segment_image
 
     split = _split_from(args)
-    settings = SegmentSettings.from_mapping(args.segment)
-    polarity = dict(args.polarity)
+    per_set = dict(args.set_segment)
+    unknown = sorted(set(per_set) - {name for name, _ in args.set})
+    if unknown:
+        raise ValueError(f"--set-segment names sets not given with --set: {', '.join(unknown)}")
+    # Every set's settings are checked before the first image is segmented.
+    chosen_for = {
+        name: SegmentSettings.from_mapping({**args.segment, **per_set.get(name, {})})
+        for name in [name for name, _ in args.set] + ["shapes"]
+    }
     model = load_segmenter(args.model) if args.model else None
 
     def predictors(name: str) -> dict:
-        chosen = SegmentSettings.from_mapping(
-            {**args.segment, "polarity": polarity.get(name, settings.polarity)}
-        )
+        chosen = chosen_for[name]
         methods = {"baseline": lambda image: segment_image(image, None, chosen)}
         if model is not None:
             methods["model"] = lambda image: segment_image(image, model, chosen)
@@ -553,12 +566,13 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--figure", type=Path, help="PNG of the headline metrics")
     _segment_argument(evaluate)
     evaluate.add_argument(
-        "--polarity",
-        type=lambda text: tuple(text.split("=", 1)),
+        "--set-segment",
+        type=_set_segment,
         action="append",
         default=[],
-        metavar="NAME=POLARITY",
-        help="particle polarity of one set: dark, bright or auto (e.g. stem_boxes=auto)",
+        metavar="NAME=JSON",
+        help="segment settings of one set over --segment, e.g."
+        """ stem_boxes='{"polarity": "auto", "scales": [1, 0.5, 0.25]}'""",
     )
     evaluate.add_argument(
         "--shapes-per-class",
