@@ -5,9 +5,10 @@ scale-bar search and pixel-size reading (``scale_bar``), and the particle measur
 (``measure_particles``: sizes, Feret diameters, shape class), on images of two densities: the
 simulator's defaults (15 nm particles at 0.5 nm/px, 15 % coverage: ~250 particles) and a dense
 one (8 nm particles, 35 % coverage: ~1,800–2,200 particles). With ``--model CKPT`` the network
-segmenter is timed too (CPU, ``torch.set_num_threads(2)``). The shape classifier is fitted once
-before timing (it is cached per process) and its held-out accuracy on simulated outlines is
-reported.
+segmenter is timed too (CPU, ``torch.set_num_threads(2)``), as it is by default and with its
+maps averaged over the scales the workflow uses for STEM images (``network_scales``). The shape
+classifier is fitted once before timing (it is cached per process) and its held-out accuracy on
+simulated outlines is reported.
 
     python benchmarks/tem_measure.py --out results/benchmarks/tem_measure.json [--model CKPT]
 """
@@ -24,7 +25,7 @@ import numpy as np
 from nanoxtal.environment import describe
 from nanoxtal.tem.calibration import drop_scale_bar, scale_bar
 from nanoxtal.tem.measure import measure_particles, shape_classifier, synthetic_shapes
-from nanoxtal.tem.segment import segment_image
+from nanoxtal.tem.segment import SegmentSettings, segment_image
 from nanoxtal.tem.simulate import MicrographSettings, image_rng, simulate_micrograph
 
 SCENES = {
@@ -33,13 +34,18 @@ SCENES = {
 }
 
 
-def time_image(image: np.ndarray, model, repeats: int) -> dict[str, float]:
+STEM_SCALES = SegmentSettings(scales=(1.0, 0.5, 0.25))
+
+
+def time_image(
+    image: np.ndarray, model, repeats: int, settings: SegmentSettings | None = None
+) -> dict[str, float]:
     """Median seconds of each step over ``repeats`` runs, and the particle count."""
     steps: dict[str, list[float]] = {"segment": [], "scale_bar": [], "measure": []}
     count = 0
     for _ in range(repeats):
         start = time.perf_counter()
-        instances = segment_image(image, model)
+        instances = segment_image(image, model, settings)
         segmented = time.perf_counter()
         bar = scale_bar(image)
         instances = drop_scale_bar(instances, bar)
@@ -69,21 +75,23 @@ def main() -> None:
     features, truth = synthetic_shapes(per_class=100, seed=args.seed + 999)
     accuracy = float((classifier.predict(features) == truth).mean())
 
-    segmenters = {"classical": None}
+    segmenters: dict[str, tuple[object, SegmentSettings | None]] = {"classical": (None, None)}
     if args.model is not None:
         import torch
 
         from nanoxtal.tem.module import load_segmenter
 
         torch.set_num_threads(2)
-        segmenters["network"] = load_segmenter(args.model)
+        network = load_segmenter(args.model)
+        segmenters["network"] = (network, None)
+        segmenters["network_scales"] = (network, STEM_SCALES)
 
     results = {}
     for scene, overrides in SCENES.items():
         micrograph = simulate_micrograph(MicrographSettings(**overrides), image_rng(args.seed, 0))
         image = micrograph.image.astype(np.float32) / 255
-        for name, model in segmenters.items():
-            timings = time_image(image, model, args.repeats)
+        for name, (model, settings) in segmenters.items():
+            timings = time_image(image, model, args.repeats, settings)
             results[f"{scene}/{name}"] = timings | {
                 "true_particles": len(micrograph.particles),
                 "true_nm_per_px": micrograph.nm_per_px,
