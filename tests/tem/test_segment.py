@@ -192,7 +192,7 @@ def test_segment_settings_refuse_nonsense():
         SegmentSettings(foreground_threshold=1.5)
     with pytest.raises(ValueError, match="foreground_smooth_factor"):
         SegmentSettings(foreground_smooth_factor=-0.1)
-    for scales in ((0.5,), (1.0, 2.0), (1.0, 0.0)):
+    for scales in ((0.5,), (1.0, 2.0), (1.0, 0.0), 0.5, ("a",)):
         with pytest.raises(ValueError, match="scales"):
             SegmentSettings(scales=scales)
     assert SegmentSettings.from_mapping({"scales": [1, 0.5]}).scales == (1.0, 0.5)

@@ -143,9 +143,15 @@ class SegmentSettings:
             raise ValueError(
                 f"foreground_smooth_factor must be ≥ 0, got {self.foreground_smooth_factor}"
             )
-        object.__setattr__(self, "scales", tuple(float(scale) for scale in self.scales))
-        if 1.0 not in self.scales or not all(0.0 < scale <= 1.0 for scale in self.scales):
-            raise ValueError(f"scales must lie within (0, 1] and include 1, got {self.scales}")
+        try:
+            scales = tuple(float(scale) for scale in self.scales)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"scales must be a list of numbers within (0, 1] including 1, got {self.scales!r}"
+            ) from None
+        if 1.0 not in scales or not all(0.0 < scale <= 1.0 for scale in scales):
+            raise ValueError(f"scales must lie within (0, 1] and include 1, got {scales}")
+        object.__setattr__(self, "scales", scales)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> SegmentSettings:
