@@ -10,6 +10,7 @@ from nanoxtal.tem.instances import (
     ClassicalSettings,
     classical_instances,
     drop_small,
+    fill_holes,
     guess_bright_particles,
     opening_background,
     watershed_instances,
@@ -210,3 +211,20 @@ def test_watershed_instances_boundary_cuts_a_bridging_core():
     boundary[:, 44:46] = 1.0
     split = watershed_instances(foreground, blurry, marker_threshold=0.05, boundary=boundary)
     assert match_instances(truth, split).n_pred == 2
+
+
+def test_fill_holes_equals_scipy():
+    rng = np.random.default_rng(4)
+    masks = [rng.random((40, 57)) < share for share in (0.3, 0.5, 0.7)]
+    ring = np.zeros((9, 9), dtype=bool)
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False  # a hole
+    ring[3, 3] = False  # a second hole, diagonal to the first: 4-connected it is separate
+    open_ring = ring.copy()
+    open_ring[4, 2:5] = False  # a channel to the border: no longer a hole
+    masks += [ring, open_ring, np.ones((5, 4), bool), np.zeros((5, 4), bool), ring[:1]]
+    for mask in masks:
+        np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+    assert fill_holes(ring)[4, 4] and fill_holes(ring)[3, 3] and not fill_holes(open_ring)[4, 3]
+    with pytest.raises(ValueError, match="2-D"):
+        fill_holes(np.ones((2, 2, 2), bool))

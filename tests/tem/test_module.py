@@ -150,6 +150,26 @@ def test_predict_maps_handles_any_size_and_tiles_consistently():
         model.predict_maps(image, tile=64, overlap=64)
 
 
+def test_predict_maps_reuses_its_inference_copy_until_the_weights_change():
+    model = small_segmenter()
+    image = np.random.default_rng(1).integers(0, 256, (64, 64)).astype(np.uint8)
+    first = model.predict_maps(image)["foreground"]
+    copy = model._inference_net()
+    np.testing.assert_array_equal(model.predict_maps(image)["foreground"], first)
+    assert model._inference_net() is copy
+    with torch.no_grad():
+        next(model.net.parameters()).add_(0.5)  # in place, as an optimiser step is
+    changed = model.predict_maps(image)["foreground"]
+    assert model._inference_net() is not copy
+    assert np.abs(changed - first).max() > 1e-3
+    copy = model._inference_net()
+    model.load_state_dict(small_segmenter().state_dict())  # back to the first weights
+    np.testing.assert_allclose(model.predict_maps(image)["foreground"], first, atol=1e-6)
+    assert model._inference_net() is not copy
+    assert "_inference" not in dict(model.named_modules())  # not a registered submodule
+    assert not any(".net." in name.removeprefix("net.") for name in model.state_dict())
+
+
 def test_tiles_cover_and_blend_weights_are_positive():
     assert tile_starts(100, 128, 32) == [0]
     starts = tile_starts(1000, 256, 32)

@@ -38,7 +38,7 @@ import pandas as pd
 from scipy import ndimage
 
 from nanoxtal.files import atomic_write
-from nanoxtal.tem.instances import border_flags
+from nanoxtal.tem.instances import border_flags, fill_holes
 from nanoxtal.tem.simulate import SHAPE_CLASSES, MicrographSettings, shape_mask, text_bitmap
 
 # Directions (over 360°) whose support points make up the convex hull.
@@ -373,7 +373,7 @@ def segmentation_like(mask: np.ndarray, size_px: float, rng: np.random.Generator
         rng.normal(size=padded.shape), rng.uniform(*ROUGHNESS_LENGTH_PX)
     )
     field += noise * (rng.uniform(0, ROUGHNESS) / max(float(noise.std()), 1e-9))
-    degraded = ndimage.binary_fill_holes(field > rng.uniform(0.35, 0.65))
+    degraded = fill_holes(field > rng.uniform(0.35, 0.65))
     pieces, count = ndimage.label(degraded)
     if count == 0:
         return mask

@@ -128,6 +128,35 @@ class Segmenter(pl.LightningModule):
         self.net = net
         # Foreground intersection and union summed over a validation epoch.
         self._overlap = torch.zeros(2, dtype=torch.float64)
+        # (device, weight tensors, their versions, inference copy): a tuple, so nn.Module
+        # does not register the copy as a submodule.
+        self._inference: tuple[str, tuple[torch.Tensor, ...], tuple[int, ...], nn.Module] | None
+        self._inference = None
+
+    def _inference_net(self) -> nn.Module:
+        """``inference_copy`` of the network, rebuilt only when its weights have changed.
+
+        Building the copy (deep copy, BatchNorm folding) takes ~0.06 s for the default U-Net,
+        paid on every ``predict_maps`` call before; measuring a batch, or one image at three
+        scales, calls it many times with the same weights. The copy is reused while the device,
+        the weight tensors themselves (held here, so their identities stay unique) and their
+        in-place version counters (bumped by optimiser steps and ``load_state_dict``) are
+        unchanged.
+        """
+        device = str(self.device)
+        tensors = tuple(self.net.state_dict(keep_vars=True).values())
+        versions = tuple(tensor._version for tensor in tensors)
+        cached = self._inference
+        if (
+            cached is None
+            or cached[0] != device
+            or len(cached[1]) != len(tensors)
+            or any(old is not new for old, new in zip(cached[1], tensors, strict=True))
+            or cached[2] != versions
+        ):
+            cached = (device, tensors, versions, inference_copy(self.net).to(self.device))
+            self._inference = cached
+        return cached[3]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Maps (B, 3, H, W) of images (B, 1, H, W): logits, except as in ``OUTPUTS``."""
@@ -234,7 +263,7 @@ class Segmenter(pl.LightningModule):
             for row in tile_starts(padded_shape[0], tile_shape[0], overlap)
             for col in tile_starts(padded_shape[1], tile_shape[1], overlap)
         ]
-        net = inference_copy(self.net).to(self.device)
+        net = self._inference_net()
         window = blend_window(tile_shape, overlap)
         total = np.zeros((len(OUTPUTS), *padded_shape), dtype=np.float32)
         weight = np.zeros(padded_shape, dtype=np.float32)

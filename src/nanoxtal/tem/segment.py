@@ -27,6 +27,7 @@ from nanoxtal.tem.instances import (
     classical_instances,
     drop_small,
     estimate_radius,
+    fill_holes,
     guess_bright_particles,
     opening_background,
     watershed_instances,
@@ -212,7 +213,7 @@ def foreground_radius(probability: np.ndarray, threshold: float) -> tuple[np.nda
     Returns:
         (foreground mask, radius); the radius is NaN when no pixel passes ``threshold``.
     """
-    foreground = ndimage.binary_fill_holes(probability > threshold)
+    foreground = fill_holes(probability > threshold)
     if not foreground.any():
         return foreground, math.nan
     return foreground, estimate_radius(ndimage.distance_transform_edt(foreground), foreground)
@@ -292,7 +293,7 @@ def instances_from_maps(maps: Mapping[str, np.ndarray], settings: SegmentSetting
         probability = ndimage.gaussian_filter(
             probability, settings.foreground_smooth_factor * radius
         )
-        foreground = ndimage.binary_fill_holes(probability > settings.foreground_threshold)
+        foreground = fill_holes(probability > settings.foreground_threshold)
         if not foreground.any():
             return np.zeros(foreground.shape, dtype=np.int32)
     labels = watershed_instances(
