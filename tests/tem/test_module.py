@@ -163,6 +163,10 @@ def test_predict_maps_reuses_its_inference_copy_until_the_weights_change():
     assert model._inference_net() is not copy
     assert np.abs(changed - first).max() > 1e-3
     copy = model._inference_net()
+    next(model.net.parameters()).data.mul_(-1.0)  # through .data: no version bump
+    assert np.abs(model.predict_maps(image)["foreground"] - changed).max() > 1e-3
+    assert model._inference_net() is not copy
+    copy = model._inference_net()
     model.load_state_dict(small_segmenter().state_dict())  # back to the first weights
     np.testing.assert_allclose(model.predict_maps(image)["foreground"], first, atol=1e-6)
     assert model._inference_net() is not copy

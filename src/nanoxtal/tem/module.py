@@ -128,35 +128,41 @@ class Segmenter(pl.LightningModule):
         self.net = net
         # Foreground intersection and union summed over a validation epoch.
         self._overlap = torch.zeros(2, dtype=torch.float64)
-        # (device, weight tensors, their versions, inference copy): a tuple, so nn.Module
-        # does not register the copy as a submodule.
-        self._inference: tuple[str, tuple[torch.Tensor, ...], tuple[int, ...], nn.Module] | None
-        self._inference = None
+        # (key of the weights, inference copy): a tuple, so nn.Module does not register the
+        # copy as a submodule.
+        self._inference: tuple[tuple, nn.Module] | None = None
+
+    def _weights_key(self) -> tuple:
+        """What identifies the network's current weights: device, tensors, versions, sums.
+
+        The tensors themselves are held (so their identities stay unique); in-place changes
+        bump a tensor's version counter (optimiser steps, ``load_state_dict``), and changes
+        through ``.data``, which bypass the counter, change its sum (float64; ~2 ms for the
+        default U-Net).
+        """
+        tensors = tuple(self.net.state_dict(keep_vars=True).values())
+        with torch.no_grad():
+            sums = torch.stack([tensor.sum(dtype=torch.float64) for tensor in tensors])
+        return (
+            str(self.device),
+            tensors,
+            tuple(tensor._version for tensor in tensors),
+            tuple(sums.tolist()),
+        )
 
     def _inference_net(self) -> nn.Module:
         """``inference_copy`` of the network, rebuilt only when its weights have changed.
 
         Building the copy (deep copy, BatchNorm folding) takes ~0.06 s for the default U-Net,
         paid on every ``predict_maps`` call before; measuring a batch, or one image at three
-        scales, calls it many times with the same weights. The copy is reused while the device,
-        the weight tensors themselves (held here, so their identities stay unique) and their
-        in-place version counters (bumped by optimiser steps and ``load_state_dict``) are
-        unchanged.
+        scales, calls it many times with the same weights (``_weights_key``).
         """
-        device = str(self.device)
-        tensors = tuple(self.net.state_dict(keep_vars=True).values())
-        versions = tuple(tensor._version for tensor in tensors)
+        key = self._weights_key()
         cached = self._inference
-        if (
-            cached is None
-            or cached[0] != device
-            or len(cached[1]) != len(tensors)
-            or any(old is not new for old, new in zip(cached[1], tensors, strict=True))
-            or cached[2] != versions
-        ):
-            cached = (device, tensors, versions, inference_copy(self.net).to(self.device))
+        if cached is None or not _same_key(cached[0], key):
+            cached = (key, inference_copy(self.net).to(self.device))
             self._inference = cached
-        return cached[3]
+        return cached[1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Maps (B, 3, H, W) of images (B, 1, H, W): logits, except as in ``OUTPUTS``."""
@@ -277,6 +283,18 @@ class Segmenter(pl.LightningModule):
                 weight[r : r + tile_shape[0], c : c + tile_shape[1]] += window
         total /= weight
         return {name: total[i, :height, :width] for i, name in enumerate(OUTPUTS)}
+
+
+def _same_key(old: tuple, new: tuple) -> bool:
+    """Whether two ``Segmenter._weights_key`` keys name the same weights (tensors by identity)."""
+    device, tensors, versions, sums = old
+    return (
+        device == new[0]
+        and len(tensors) == len(new[1])
+        and all(a is b for a, b in zip(tensors, new[1], strict=True))
+        and versions == new[2]
+        and sums == new[3]
+    )
 
 
 def load_segmenter(checkpoint: Path | str, map_location: str = "cpu") -> Segmenter:
