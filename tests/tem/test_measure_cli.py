@@ -124,3 +124,30 @@ def test_measure_takes_segment_settings_and_polarity_overrides_them(images, tmp_
     args = ["tem", "measure", str(images["jpeg"]), "--out", str(tmp_path / "bad")]
     assert main([*args, "--segment", '{"colour": 1}', "--no-progress"]) == 1
     assert "unknown TEM segmentation setting 'colour'" in capsys.readouterr().err
+
+
+def test_measure_keeps_an_earlier_measurement_unless_told_to_overwrite(images, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["tem", "measure", "--out", str(out), "--no-progress", "--nm-per-px", "1"]
+    assert main([*base, str(images["png"]), str(images["jpeg"])]) == 0
+    first = (out / "summary.csv").read_text()
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+
+    assert main([*base, str(images["tif"])]) == 1
+    message = capsys.readouterr().err
+    assert str(out) in message and "--overwrite" in message
+    assert (out / "summary.csv").read_text() == first
+    assert not (out / "masks" / "sim_tif.png").exists()
+
+    assert main([*base, str(images["tif"]), str(images["png"]), "--overwrite"]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert [name.rsplit("/", 1)[-1] for name in summary["image"]] == ["sim_tif.tif", "sim_png.png"]
+    for folder in ("masks", "overlays", "histograms"):
+        assert sorted(path.name for path in (out / folder).iterdir()) == [
+            "sim_png.png",
+            "sim_tif.png",
+        ]
+    assert set(pd.read_csv(out / "particles.csv")["image"]) == set(summary["image"])
+    assert (out / "notes.txt").read_text() == "mine"
+    assert "removed 3 files" in capsys.readouterr().out

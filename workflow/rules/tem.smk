@@ -238,7 +238,7 @@ rule tem_measure:
         "../../envs/tem.yaml"
     shell:
         "nanoxtal tem measure {input.images:q} --model {input.model:q} --out {params.out_dir:q}"
-        " --segment {params.segment:q} --no-progress > {log:q} 2>&1"
+        " --segment {params.segment:q} --overwrite --no-progress > {log:q} 2>&1"
 
 
 # Cross-validation inside the training part, on demand (`snakemake --cores 2 results/tem/cv/metrics.json`):

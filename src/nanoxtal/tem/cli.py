@@ -373,6 +373,22 @@ def _output_names(files: list[Path]) -> list[str]:
     return names
 
 
+MEASURE_TABLES = ("particles.csv", "summary.csv")
+MEASURE_FIGURES = ("masks", "overlays", "histograms")
+
+
+def earlier_measurement(out: Path) -> list[Path]:
+    """The files of an earlier ``tem measure`` in ``out``: its tables and per-image PNGs."""
+    tables = [out / name for name in MEASURE_TABLES if (out / name).is_file()]
+    figures = [
+        path
+        for folder in MEASURE_FIGURES
+        if (out / folder).is_dir()
+        for path in sorted((out / folder).glob("*.png"))
+    ]
+    return tables + figures
+
+
 def _measure(args: argparse.Namespace) -> int:
     import sys
 
@@ -399,6 +415,15 @@ def _measure(args: argparse.Namespace) -> int:
 
     if args.nm_per_px is not None and not args.nm_per_px > 0:
         raise ValueError(f"--nm-per-px must be > 0, got {args.nm_per_px}")
+    out: Path = args.out
+    earlier = earlier_measurement(out)
+    if earlier and not args.overwrite:
+        # A second batch into the same folder would replace the tables and leave the
+        # first batch's masks beside them, matching no row.
+        raise ValueError(
+            f"{out} already holds a measurement ({len(earlier)} files, e.g. {earlier[0].name});"
+            " choose another --out, or pass --overwrite to replace it"
+        )
     model, segmenter = None, "classical baseline (threshold + distance watershed)"
     if args.model is not None:
         if not args.model.is_file():
@@ -412,8 +437,8 @@ def _measure(args: argparse.Namespace) -> int:
     files, problems = image_files(args.images, IMAGE_SUFFIXES | GATAN_SUFFIXES)
     for message in problems:
         print(f"nanoxtal: error: {message}", file=sys.stderr)
-    out: Path = args.out
     tables, summaries, failed = [], [], len(problems)
+    written: set[Path] = {out / name for name in MEASURE_TABLES}
     for path, name in tqdm(
         list(zip(files, _output_names(files), strict=True)),
         desc="measure",
@@ -433,9 +458,11 @@ def _measure(args: argparse.Namespace) -> int:
             print(f"nanoxtal: error: {error}", file=sys.stderr)
             summaries.append(row | {"error": str(error)})
             continue
-        write_png(out / "masks" / f"{name}.png", instances.astype(np.uint16))
-        write_png(out / "overlays" / f"{name}.png", overlay(image, instances, particles))
-        size_histogram(particles, out / "histograms" / f"{name}.png", path.name)
+        figures = {folder: out / folder / f"{name}.png" for folder in MEASURE_FIGURES}
+        write_png(figures["masks"], instances.astype(np.uint16))
+        write_png(figures["overlays"], overlay(image, instances, particles))
+        size_histogram(particles, figures["histograms"], path.name)
+        written.update(figures.values())
         tables.append(particles.assign(image=str(path))[["image", *particles.columns]])
         summaries.append(
             row
@@ -459,6 +486,11 @@ def _measure(args: argparse.Namespace) -> int:
         particles_table.to_csv(partial, index=False)
     with atomic_write(out / "summary.csv") as partial:
         summary.to_csv(partial, index=False)
+    stale = sorted(set(earlier) - written)
+    for path in stale:
+        path.unlink()
+    if stale:
+        print(f"removed {len(stale)} files of the earlier measurement that this batch did not make")
     measured = len(files) - (failed - len(problems))
     print(
         f"{measured} images measured ({len(particles_table)} particles) into {out}; {failed} failed"
@@ -630,5 +662,11 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         " default: the --segment settings' polarity, else dark",
     )
     _segment_argument(measure)
+    measure.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier measurement in --out (its tables, masks, overlays and"
+        " histograms; other files stay); default: refuse",
+    )
     measure.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     measure.set_defaults(func=_measure)
