@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -54,15 +55,38 @@ def test_implausible_or_missing_metadata(tmp_path):
     assert from_metadata(tmp_path / "image.png") is None
 
 
-def test_gatan_needs_rosettasciio(tmp_path):
-    try:
-        import rsciio  # noqa: F401
+@pytest.mark.parametrize("version", [3, 4])
+def test_gatan_image_and_calibration(tmp_path, gatan_file, version):
+    data = (np.arange(40 * 56).reshape(40, 56) % 977).astype(np.uint16)
+    path = gatan_file(tmp_path / f"scan.dm{version}", data, 0.02, "µm", version)
+    image = calibration.read_micrograph(path)
+    assert image.shape == (40, 56) and image.dtype == np.float32
+    assert image == pytest.approx((data - data.min()) / float(data.max() - data.min()))
+    pixel = from_metadata(path)
+    assert pixel.nm_per_px == pytest.approx(20.0) and pixel.source == "metadata"
+    assert "µm" in pixel.detail
+    assert resolve_pixel_size(path, image).nm_per_px == pytest.approx(20.0)
 
-        pytest.skip("RosettaSciIO is installed")
-    except ImportError:
-        pass
-    path = tmp_path / "scan.dm4"
-    path.write_bytes(b"not really")
+
+def test_gatan_without_a_usable_calibration_or_image(tmp_path, gatan_file):
+    data = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    assert from_metadata(gatan_file(tmp_path / "pixels.dm3", data, 1.0, "")) is None
+    assert from_metadata(gatan_file(tmp_path / "far.dm3", data, 5.0, "m")) is None  # 5 m/px
+    with pytest.raises(calibration.TemImageError, match=r"flat\.dm4: constant image"):
+        calibration.read_micrograph(
+            gatan_file(tmp_path / "flat.dm4", np.ones((8, 8), np.float32), 1.0, "nm", 4)
+        )
+    broken = tmp_path / "broken.dm3"
+    broken.write_bytes(b"\x00\x00\x00\x03 not a DM file")
+    with pytest.raises(CalibrationError, match=r"broken\.dm3: not a readable Gatan file"):
+        from_metadata(broken)
+    with pytest.raises(calibration.TemImageError, match=r"broken\.dm3"):
+        calibration.read_micrograph(broken)
+
+
+def test_gatan_needs_rosettasciio(tmp_path, gatan_file, monkeypatch):
+    monkeypatch.setitem(sys.modules, "rsciio.digitalmicrograph", None)  # import fails
+    path = gatan_file(tmp_path / "scan.dm4", np.eye(8, dtype=np.float32), 1.0, "nm", 4)
     with pytest.raises(CalibrationError, match=r"scan\.dm4.*RosettaSciIO"):
         from_metadata(path)
     with pytest.raises(calibration.TemImageError, match="RosettaSciIO"):

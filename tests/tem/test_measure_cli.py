@@ -151,3 +151,20 @@ def test_measure_keeps_an_earlier_measurement_unless_told_to_overwrite(images, t
     assert set(pd.read_csv(out / "particles.csv")["image"]) == set(summary["image"])
     assert (out / "notes.txt").read_text() == "mine"
     assert "removed 3 files" in capsys.readouterr().out
+
+
+def test_measure_gatan_micrograph_with_its_calibration(tmp_path, gatan_file):
+    settings = MicrographSettings(
+        width_px=256, height_px=256, nm_per_px=1.0, diameter_nm=14, scale_bar=False
+    )
+    micrograph = simulate_micrograph(settings, 1)
+    # DM files hold counts; a 1 nm/px micrograph stored with its calibration in Å.
+    counts = (micrograph.image.astype(np.float32) * 40.0).astype(np.int32)
+    path = gatan_file(tmp_path / "scan.dm4", counts, 10.0, "Å", 4)
+    out = tmp_path / "out"
+    assert main(["tem", "measure", str(path), "--out", str(out), "--no-progress"]) == 0
+    row = pd.read_csv(out / "summary.csv").iloc[0]
+    assert row["pixel_size_source"] == "metadata" and row["nm_per_px"] == pytest.approx(1.0)
+    assert row["diameter_unit"] == "nm"
+    assert row["mean_diameter"] == pytest.approx(14, rel=0.25)
+    assert io.imread(out / "masks" / "scan.png").max() > 5

@@ -20,7 +20,6 @@ measurements can drop instances that overlap them.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import math
@@ -194,13 +193,14 @@ def _tiff_pixel_size(path: Path) -> tuple[float, str] | None:
 
 def _rsciio_reader(path: Path):
     try:
-        module = importlib.import_module("rsciio.digitalmicrograph")
+        # Imported on first use: it pulls in dask, which PNG/TIFF users never need.
+        from rsciio.digitalmicrograph import file_reader
     except ImportError as error:
         raise CalibrationError(
             f"{path}: reading Gatan {path.suffix} files needs RosettaSciIO "
             "(pip install rosettasciio)"
         ) from error
-    return module.file_reader
+    return file_reader
 
 
 def _gatan_signal(path: Path) -> dict:
