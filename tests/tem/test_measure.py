@@ -17,6 +17,7 @@ from nanoxtal.tem.measure import (
     shape_classifier,
     size_histogram,
     summarise_image,
+    summarise_sample,
     synthetic_shapes,
 )
 from nanoxtal.tem.segment import segment_image
@@ -112,6 +113,29 @@ def test_nm_columns_and_summary(scene):
         (shapes == summary["dominant_shape"]).mean()
     )
     assert 0.5 <= summary["dominant_shape_share"] <= 1
+
+
+def test_sample_pools_particles_not_image_means(draw_discs):
+    one = draw_discs((64, 64), [(32, 32)], 5)  # a single 10-px particle
+    three = draw_discs((64, 64), [(15, 15), (15, 45), (45, 30)], 10)  # three of 20 px
+    tables = [
+        measure_particles(one, 1.0),
+        measure_particles(three, 1.0),
+        measure_particles(np.zeros((8, 8), dtype=np.int32), 1.0),
+    ]
+    sample = summarise_sample(tables)
+    pooled = np.concatenate([table["diameter_nm"].to_numpy() for table in tables])
+    assert sample["count_measured"] == 4 and sample["diameter_unit"] == "nm"
+    assert sample["mean_diameter"] == pytest.approx(pooled.mean())
+    assert sample["std_diameter"] == pytest.approx(pooled.std(ddof=1))
+    means = [summarise_image(table)["mean_diameter"] for table in tables[:2]]
+    assert abs(sample["mean_diameter"] - np.mean(means)) > 2  # 17.6 nm, not 15.1 nm
+    in_px = summarise_sample([measure_particles(three, None)])
+    assert in_px["diameter_unit"] == "px"
+    with pytest.raises(ValueError, match="1 of 2 images have no pixel size"):
+        summarise_sample([tables[0], measure_particles(three, None)])
+    with pytest.raises(ValueError, match="no measured image"):
+        summarise_sample([])
 
 
 def test_empty_and_invalid_input():

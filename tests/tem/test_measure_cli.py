@@ -64,6 +64,15 @@ def test_measure_batch_with_a_corrupt_file(images, tmp_path, capsys):
         assert io.imread(out / "overlays" / f"{stem}.png").shape == (256, 256, 3)
         assert (out / "histograms" / f"{stem}.png").is_file()
     assert not (out / "masks" / "broken.png").exists()
+    # One folder, one sample; its JPEG has no pixel size, so nm and px cannot be pooled.
+    assert set(summary["sample"]) == {images["folder"].name}
+    sample = pd.read_csv(out / "samples.csv").iloc[0]
+    assert (sample["sample"], sample["images"], sample["images_failed"]) == (
+        images["folder"].name,
+        4,
+        1,
+    )
+    assert "1 of 3 images have no pixel size" in sample["error"]
     # No scale-bar pixels among the particles.
     micrograph_mask = io.imread(out / "masks" / "sim_png.png")
     image = io.imread(images["png"])
@@ -168,3 +177,36 @@ def test_measure_gatan_micrograph_with_its_calibration(tmp_path, gatan_file):
     assert row["diameter_unit"] == "nm"
     assert row["mean_diameter"] == pytest.approx(14, rel=0.25)
     assert io.imread(out / "masks" / "scan.png").max() > 5
+
+
+def test_measure_samples_from_a_map(images, tmp_path, capsys):
+    out = tmp_path / "out"
+    mapping = tmp_path / "samples.csv"
+    mapping.write_text(
+        f"image,sample\nsim_png.png,CdSe-1\n{images['tif']},CdSe-1\nplain.jpg,PbS-2\n"
+        "broken.png,PbS-2\n"
+    )
+    args = ["tem", "measure", str(images["folder"]), "--out", str(out), "--no-progress"]
+    assert main([*args, "--samples", str(mapping), "--nm-per-px", "1"]) == 1  # broken.png
+    summary = pd.read_csv(out / "summary.csv").set_index("sample")
+    samples = pd.read_csv(out / "samples.csv").set_index("sample")
+    assert samples.index.tolist() == ["PbS-2", "CdSe-1"]  # in image order
+    assert samples.loc["CdSe-1", "images"] == 2 and samples.loc["PbS-2", "images_failed"] == 1
+    particles = pd.read_csv(out / "particles.csv")
+    pooled = particles[
+        particles["image"].isin(summary.loc["CdSe-1", "image"]) & ~particles["touches_border"]
+    ]
+    assert samples.loc["CdSe-1", "count_measured"] == len(pooled)
+    assert samples.loc["CdSe-1", "mean_diameter"] == pytest.approx(pooled["diameter_nm"].mean())
+    assert samples.loc["CdSe-1", "size_distribution_pct"] == pytest.approx(
+        100 * pooled["diameter_nm"].std() / pooled["diameter_nm"].mean()
+    )
+    assert samples["error"].isna().all()
+
+    mapping.write_text("image,sample\nplain.jpg,A\nplain.jpg,B\n")
+    assert main([*args, "--samples", str(mapping), "--out", str(tmp_path / "b")]) == 1
+    assert f"{mapping}, line 3: plain.jpg listed for A and B" in capsys.readouterr().err
+    mapping.write_text("file,sample\nplain.jpg,A\n")
+    assert main([*args, "--samples", str(mapping), "--out", str(tmp_path / "c")]) == 1
+    assert "needs columns image and sample" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

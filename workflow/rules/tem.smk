@@ -223,6 +223,7 @@ rule tem_measure:
             category="TEM",
             labels={"measured": "{name}"},
         ),
+        samples="results/tem/measure/{name}/samples.csv",
     params:
         out_dir=lambda wildcards, output: Path(output.particles).parent,
         segment=json.dumps(config["tem"]["segment"]),

@@ -15,6 +15,8 @@ from nanoxtal.environment import describe
 from nanoxtal.files import atomic_write
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from nanoxtal.tem.io import Split
 
 EXIT_OK = 0
@@ -346,6 +348,7 @@ def _json_number(value: object) -> object:
 # Columns of summary.csv, in order.
 SUMMARY_COLUMNS = (
     "image",
+    "sample",
     "count",
     "count_measured",
     "mean_diameter",
@@ -373,7 +376,92 @@ def _output_names(files: list[Path]) -> list[str]:
     return names
 
 
-MEASURE_TABLES = ("particles.csv", "summary.csv")
+# Columns of samples.csv, in order.
+SAMPLE_COLUMNS = (
+    "sample",
+    "images",
+    "images_failed",
+    "count",
+    "count_measured",
+    "mean_diameter",
+    "std_diameter",
+    "size_distribution_pct",
+    "dominant_shape",
+    "dominant_shape_share",
+    "diameter_unit",
+    "error",
+)
+
+
+def read_sample_map(path: Path) -> dict[str, str]:
+    """The sample of each image listed in a CSV with columns ``image`` and ``sample``.
+
+    ``image`` is a path as given on the command line or a file name.
+
+    Raises:
+        ValueError: An unreadable file, missing columns, an empty cell or an image listed
+            with two samples (the message names the file and the row).
+    """
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable CSV ({error})") from error
+    missing = {"image", "sample"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: needs columns image and sample, missing {sorted(missing)}")
+    mapping: dict[str, str] = {}
+    for row, (image, sample) in enumerate(zip(table["image"], table["sample"], strict=True), 2):
+        image, sample = image.strip(), sample.strip()
+        if not image or not sample:
+            raise ValueError(f"{path}, line {row}: empty image or sample")
+        if mapping.get(image, sample) != sample:
+            raise ValueError(
+                f"{path}, line {row}: {image} listed for {mapping[image]} and {sample}"
+            )
+        mapping[image] = sample
+    return mapping
+
+
+def sample_of(path: Path, mapping: dict[str, str]) -> str:
+    """The sample of an image: ``mapping``'s (by path as given, else file name), else its folder."""
+    for key in (str(path), path.name):
+        if key in mapping:
+            return mapping[key]
+    return path.resolve().parent.name
+
+
+def sample_table(
+    particles: dict[str, list], images: dict[str, int], failed: dict[str, int]
+) -> pd.DataFrame:
+    """samples.csv: per sample, the pooled statistics of its measured images.
+
+    Args:
+        particles: Per sample, the particle tables of its measured images.
+        images: Per sample, its number of images (measured or not), in output order.
+        failed: Per sample, its number of images that failed.
+    """
+    import pandas as pd
+
+    from nanoxtal.tem.measure import summarise_sample
+
+    rows = []
+    for sample, count in images.items():
+        row: dict[str, object] = {
+            "sample": sample,
+            "images": count,
+            "images_failed": failed.get(sample, 0),
+        }
+        try:
+            rows.append(row | summarise_sample(particles.get(sample, [])) | {"error": None})
+        except ValueError as error:
+            rows.append(row | {"error": str(error)})
+    table = pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS))
+    return table.astype({"count": "Int64", "count_measured": "Int64"})
+
+
+MEASURE_TABLES = ("particles.csv", "summary.csv", "samples.csv")
 MEASURE_FIGURES = ("masks", "overlays", "histograms")
 
 
@@ -437,7 +525,11 @@ def _measure(args: argparse.Namespace) -> int:
     files, problems = image_files(args.images, IMAGE_SUFFIXES | GATAN_SUFFIXES)
     for message in problems:
         print(f"nanoxtal: error: {message}", file=sys.stderr)
+    mapping = read_sample_map(args.samples) if args.samples else {}
     tables, summaries, failed = [], [], len(problems)
+    per_sample: dict[str, list] = {}
+    sample_images: dict[str, int] = {}
+    sample_failed: dict[str, int] = {}
     written: set[Path] = {out / name for name in MEASURE_TABLES}
     for path, name in tqdm(
         list(zip(files, _output_names(files), strict=True)),
@@ -445,7 +537,9 @@ def _measure(args: argparse.Namespace) -> int:
         unit="image",
         disable=args.no_progress,
     ):
-        row: dict[str, object] = {"image": str(path), "segmenter": segmenter}
+        sample = sample_of(path, mapping)
+        sample_images[sample] = sample_images.get(sample, 0) + 1
+        row: dict[str, object] = {"image": str(path), "sample": sample, "segmenter": segmenter}
         try:
             image = read_micrograph(path)
             pixel = resolve_pixel_size(path, image, args.nm_per_px)
@@ -455,6 +549,7 @@ def _measure(args: argparse.Namespace) -> int:
             particles = measure_particles(instances, pixel.nm_per_px)
         except (TemImageError, CalibrationError) as error:
             failed += 1
+            sample_failed[sample] = sample_failed.get(sample, 0) + 1
             print(f"nanoxtal: error: {error}", file=sys.stderr)
             summaries.append(row | {"error": str(error)})
             continue
@@ -464,6 +559,7 @@ def _measure(args: argparse.Namespace) -> int:
         size_histogram(particles, figures["histograms"], path.name)
         written.update(figures.values())
         tables.append(particles.assign(image=str(path))[["image", *particles.columns]])
+        per_sample.setdefault(sample, []).append(particles)
         summaries.append(
             row
             | summarise_image(particles)
@@ -486,6 +582,8 @@ def _measure(args: argparse.Namespace) -> int:
         particles_table.to_csv(partial, index=False)
     with atomic_write(out / "summary.csv") as partial:
         summary.to_csv(partial, index=False)
+    with atomic_write(out / "samples.csv") as partial:
+        sample_table(per_sample, sample_images, sample_failed).to_csv(partial, index=False)
     stale = sorted(set(earlier) - written)
     for path in stale:
         path.unlink()
@@ -662,6 +760,13 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         " default: the --segment settings' polarity, else dark",
     )
     _segment_argument(measure)
+    measure.add_argument(
+        "--samples",
+        type=Path,
+        metavar="CSV",
+        help="CSV with columns image (path or file name) and sample: which images show one"
+        " sample, pooled in samples.csv; default: an image's folder is its sample",
+    )
     measure.add_argument(
         "--overwrite",
         action="store_true",

@@ -16,7 +16,8 @@ a second:
   Feret diameters by far less than a pixel.
 
 Particles that touch the image edge are measured and flagged (``touches_border``) but left out
-of the image statistics (``summarise_image``): their true size is unknown.
+of the image and sample statistics (``summarise_image``, ``summarise_sample``): their true
+size is unknown.
 
 Shapes are classified into the 11 classes of the recipe data (``simulate.SHAPE_CLASSES``) by a
 quadratic discriminant on rotation- and scale-invariant descriptors (Feret aspect ratio,
@@ -30,6 +31,7 @@ simulator's own outlines (``simulate.shape_mask``), degraded as a segmentation o
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
@@ -594,6 +596,37 @@ def summarise_image(particles: pd.DataFrame) -> dict[str, object]:
         "dominant_shape_share": share,
         "diameter_unit": unit,
     }
+
+
+def summarise_sample(particles: Sequence[pd.DataFrame]) -> dict[str, object]:
+    """Statistics of one sample (one product, imaged in several micrographs).
+
+    The particle tables of the sample's images are pooled and summarised as one image
+    (``summarise_image``): the sample's size and size distribution are those of all its
+    measured particles together, as the recipe data report them, so an image with 3 particles
+    does not weigh as much as one with 300.
+
+    Args:
+        particles: One ``measure_particles`` table per measured image of the sample.
+
+    Returns:
+        ``summarise_image``'s statistics of the pooled particles; sizes in nm when every
+        image has a pixel size, in px when none has (then only meaningful for images taken at
+        one magnification).
+
+    Raises:
+        ValueError: No table, or images with and without a pixel size (nm and px cannot be
+            pooled).
+    """
+    if not particles:
+        raise ValueError("no measured image")
+    with_nm = ["diameter_nm" in table.columns for table in particles]
+    if any(with_nm) and not all(with_nm):
+        raise ValueError(
+            f"{with_nm.count(False)} of {len(with_nm)} images have no pixel size, so their px"
+            " sizes cannot be pooled with the others' nm (give --nm-per-px or measure them apart)"
+        )
+    return summarise_image(pd.concat(particles, ignore_index=True))
 
 
 # ---------------------------------------------------------------------------------------------
