@@ -160,6 +160,7 @@ def test_measure_keeps_an_earlier_measurement_unless_told_to_overwrite(images, t
     assert set(pd.read_csv(out / "particles.csv")["image"]) == set(summary["image"])
     assert (out / "notes.txt").read_text() == "mine"
     assert "removed 3 files" in capsys.readouterr().out
+    assert [path.name for path in (out / "samples").iterdir()] == [f"{images['folder'].name}.png"]
 
 
 def test_measure_gatan_micrograph_with_its_calibration(tmp_path, gatan_file):
@@ -183,25 +184,30 @@ def test_measure_samples_from_a_map(images, tmp_path, capsys):
     out = tmp_path / "out"
     mapping = tmp_path / "samples.csv"
     mapping.write_text(
-        f"image,sample\nsim_png.png,CdSe-1\n{images['tif']},CdSe-1\nplain.jpg,PbS-2\n"
+        f"image,sample\nsim_png.png,CdSe/ZnS 1\n{images['tif']},CdSe/ZnS 1\nplain.jpg,PbS-2\n"
         "broken.png,PbS-2\n"
     )
     args = ["tem", "measure", str(images["folder"]), "--out", str(out), "--no-progress"]
     assert main([*args, "--samples", str(mapping), "--nm-per-px", "1"]) == 1  # broken.png
     summary = pd.read_csv(out / "summary.csv").set_index("sample")
     samples = pd.read_csv(out / "samples.csv").set_index("sample")
-    assert samples.index.tolist() == ["PbS-2", "CdSe-1"]  # in image order
-    assert samples.loc["CdSe-1", "images"] == 2 and samples.loc["PbS-2", "images_failed"] == 1
+    assert samples.index.tolist() == ["PbS-2", "CdSe/ZnS 1"]  # in image order
+    assert samples.loc["CdSe/ZnS 1", "images"] == 2 and samples.loc["PbS-2", "images_failed"] == 1
     particles = pd.read_csv(out / "particles.csv")
     pooled = particles[
-        particles["image"].isin(summary.loc["CdSe-1", "image"]) & ~particles["touches_border"]
+        particles["image"].isin(summary.loc["CdSe/ZnS 1", "image"]) & ~particles["touches_border"]
     ]
-    assert samples.loc["CdSe-1", "count_measured"] == len(pooled)
-    assert samples.loc["CdSe-1", "mean_diameter"] == pytest.approx(pooled["diameter_nm"].mean())
-    assert samples.loc["CdSe-1", "size_distribution_pct"] == pytest.approx(
+    assert samples.loc["CdSe/ZnS 1", "count_measured"] == len(pooled)
+    assert samples.loc["CdSe/ZnS 1", "mean_diameter"] == pytest.approx(pooled["diameter_nm"].mean())
+    assert samples.loc["CdSe/ZnS 1", "size_distribution_pct"] == pytest.approx(
         100 * pooled["diameter_nm"].std() / pooled["diameter_nm"].mean()
     )
     assert samples["error"].isna().all()
+    # A pooled size histogram per sample, named after it as a file name can be.
+    assert sorted(path.name for path in (out / "samples").iterdir()) == [
+        "CdSe_ZnS_1.png",
+        "PbS-2.png",
+    ]
 
     mapping.write_text("image,sample\nplain.jpg,A\nplain.jpg,B\n")
     assert main([*args, "--samples", str(mapping), "--out", str(tmp_path / "b")]) == 1

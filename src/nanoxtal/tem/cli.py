@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -365,15 +366,20 @@ SUMMARY_COLUMNS = (
 )
 
 
-def _output_names(files: list[Path]) -> list[str]:
-    """A distinct output name per image: its stem, numbered when stems repeat."""
+def distinct_names(names: list[str]) -> list[str]:
+    """The names, numbered from their second occurrence on (``a``, ``a-2``, ``a-3``)."""
     seen: dict[str, int] = {}
-    names = []
-    for path in files:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        names.append(path.stem if count == 0 else f"{path.stem}-{count + 1}")
-    return names
+    distinct = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        distinct.append(name if count == 0 else f"{name}-{count + 1}")
+    return distinct
+
+
+def file_stem(name: str) -> str:
+    """``name`` as a file name: other characters than letters, digits, ``._-`` become ``_``."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "_"
 
 
 # Columns of samples.csv, in order.
@@ -462,7 +468,9 @@ def sample_table(
 
 
 MEASURE_TABLES = ("particles.csv", "summary.csv", "samples.csv")
+# Per-image figures, one PNG per image in each folder; then the per-sample histograms' folder.
 MEASURE_FIGURES = ("masks", "overlays", "histograms")
+MEASURE_FOLDERS = (*MEASURE_FIGURES, "samples")
 
 
 def earlier_measurement(out: Path) -> list[Path]:
@@ -470,7 +478,7 @@ def earlier_measurement(out: Path) -> list[Path]:
     tables = [out / name for name in MEASURE_TABLES if (out / name).is_file()]
     figures = [
         path
-        for folder in MEASURE_FIGURES
+        for folder in MEASURE_FOLDERS
         if (out / folder).is_dir()
         for path in sorted((out / folder).glob("*.png"))
     ]
@@ -532,7 +540,7 @@ def _measure(args: argparse.Namespace) -> int:
     sample_failed: dict[str, int] = {}
     written: set[Path] = {out / name for name in MEASURE_TABLES}
     for path, name in tqdm(
-        list(zip(files, _output_names(files), strict=True)),
+        list(zip(files, distinct_names([path.stem for path in files]), strict=True)),
         desc="measure",
         unit="image",
         disable=args.no_progress,
@@ -582,8 +590,16 @@ def _measure(args: argparse.Namespace) -> int:
         particles_table.to_csv(partial, index=False)
     with atomic_write(out / "summary.csv") as partial:
         summary.to_csv(partial, index=False)
+    samples = sample_table(per_sample, sample_images, sample_failed)
     with atomic_write(out / "samples.csv") as partial:
-        sample_table(per_sample, sample_images, sample_failed).to_csv(partial, index=False)
+        samples.to_csv(partial, index=False)
+    names = distinct_names([file_stem(sample) for sample in samples["sample"]])
+    for row, name in zip(samples.itertuples(), names, strict=True):
+        if row.sample in per_sample and pd.isna(row.error):
+            figure = out / "samples" / f"{name}.png"
+            pooled = pd.concat(per_sample[row.sample], ignore_index=True)
+            size_histogram(pooled, figure, f"sample {row.sample} ({row.images} images)")
+            written.add(figure)
     stale = sorted(set(earlier) - written)
     for path in stale:
         path.unlink()
