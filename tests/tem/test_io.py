@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 from skimage import io
 
 from nanoxtal.tem.io import (
@@ -55,11 +56,24 @@ def test_rgb_and_rgba_to_grey(tmp_path):
     np.testing.assert_allclose(read_image(save(tmp_path / "c.png", colour)), expected, rtol=1e-5)
 
 
-def test_float_tiff_within_unit_range(tmp_path):
-    array = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+def test_float_tiff_kept_within_unit_range_else_stretched(tmp_path):
+    array = np.linspace(0.1, 0.9, 64, dtype=np.float32).reshape(8, 8)
     np.testing.assert_array_equal(read_image(save(tmp_path / "f.tif", array)), array)
-    with pytest.raises(TemImageError, match=r"within \[0, 1\]"):
-        read_image(save(tmp_path / "g.tif", array * 300))
+    counts = array * 3000 - 500  # e.g. dark-subtracted detector counts, as float
+    stretched = (array - 0.1) / 0.8
+    np.testing.assert_allclose(read_image(save(tmp_path / "g.tif", counts)), stretched, atol=1e-6)
+    counts[2, 3] = np.nan
+    with pytest.raises(TemImageError, match=r"h\.tif: image has NaN"):
+        read_image(save(tmp_path / "h.tif", counts))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint32])
+def test_other_integer_depths_stretched_by_their_range(tmp_path, dtype):
+    array = ramp(dtype, top=60000 if dtype != np.int16 else 30000)
+    expected = (array - array.min()) / float(array.max() - array.min())
+    image = read_image(save(tmp_path / "counts.tif", array))
+    assert image.dtype == np.float32
+    np.testing.assert_allclose(image, expected, atol=1e-6)
 
 
 def test_empty_file(tmp_path):
@@ -83,8 +97,13 @@ def test_constant_image(tmp_path):
 
 
 def test_unsupported_pixel_type_and_shape(tmp_path):
-    with pytest.raises(TemImageError, match=r"int32\.tif: unsupported pixel type int32"):
-        read_image(save(tmp_path / "int32.tif", ramp(np.int32)))
+    Image.fromarray(ramp() > 100).save(tmp_path / "mask.png")  # a 1-bit PNG
+    with pytest.raises(TemImageError, match=r"mask\.png: unsupported pixel type bool .*mask"):
+        read_image(tmp_path / "mask.png")
+    with pytest.raises(TemImageError, match=r"fft\.tif: unsupported pixel type complex64"):
+        read_image(save(tmp_path / "fft.tif", ramp(np.complex64)))
+    with pytest.raises(TemImageError, match=r"flat32\.tif: constant image"):
+        read_image(save(tmp_path / "flat32.tif", np.full((8, 8), 7, np.int32)))
     with pytest.raises(TemImageError, match=r"stack\.tif: expected a 2-D"):
         read_image(save(tmp_path / "stack.tif", np.stack([ramp()] * 5)))
 

@@ -36,7 +36,7 @@ import tifffile
 from scipy import ndimage
 from skimage import transform
 
-from nanoxtal.tem.io import TemImageError, read_image
+from nanoxtal.tem.io import TemImageError, read_image, stretch_to_unit
 from nanoxtal.tem.simulate import text_bitmap
 
 SOURCES = ("user", "metadata", "sidecar", "scale_bar", "none")
@@ -231,14 +231,7 @@ def read_gatan(path: Path | str) -> tuple[np.ndarray, PixelSize | None]:
     """
     path = Path(path)
     signal = _gatan_signal(path)
-    data = np.asarray(signal["data"], dtype=np.float64)
-    if not np.isfinite(data).all():
-        raise TemImageError(f"{path}: image has NaN or infinite values")
-    low, high = float(data.min()), float(data.max())
-    if low == high:
-        raise TemImageError(f"{path}: constant image (every pixel is {low:g})")
-    image = ((data - low) / (high - low)).astype(np.float32)
-    return image, _gatan_pixel_size(signal)
+    return stretch_to_unit(signal["data"], path), _gatan_pixel_size(signal)
 
 
 def _gatan_pixel_size(signal: dict) -> PixelSize | None:

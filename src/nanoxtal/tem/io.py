@@ -122,26 +122,46 @@ def _to_grey(array: np.ndarray, path: Path) -> np.ndarray:
     raise TemImageError(f"{path}: expected a 2-D grey or RGB(A) image, got shape {array.shape}")
 
 
-def _scale(array: np.ndarray, path: Path) -> np.ndarray:
-    """float32 in [0, 1], keeping the bit depth's scaling.
+def stretch_to_unit(array: np.ndarray, path: Path | str) -> np.ndarray:
+    """float32 in [0, 1] by the image's own minimum and maximum.
+
+    For pixel types without a fixed full scale: counts of 32-bit detectors, floats, DM data.
 
     Raises:
-        TemImageError: An unsupported dtype, or floats outside [0, 1] or not finite.
+        TemImageError: NaN or infinite values, or a constant image (the message names the file).
+    """
+    data = np.asarray(array, dtype=np.float64)
+    if not np.isfinite(data).all():
+        raise TemImageError(f"{path}: image has NaN or infinite values")
+    low, high = float(data.min()), float(data.max())
+    if low == high:
+        raise TemImageError(f"{path}: constant image (every pixel is {low:g})")
+    return ((data - low) / (high - low)).astype(np.float32)
+
+
+def _scale(array: np.ndarray, path: Path) -> np.ndarray:
+    """float32 in [0, 1], by the bit depth's full scale where it has one.
+
+    8- and 16-bit unsigned by their full scale, floats within [0, 1] as they are, other
+    integers and floats by their own range (``stretch_to_unit``).
+
+    Raises:
+        TemImageError: A binary, complex or other non-numeric image; NaN or infinite values.
     """
     if array.dtype == np.uint8 or array.dtype == np.uint16:
         return array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise TemImageError(f"{path}: image has NaN or infinite values")
-        low, high = float(array.min()), float(array.max())
-        if low < 0 or high > 1:
-            raise TemImageError(
-                f"{path}: floating-point image must lie within [0, 1], found {low:g}–{high:g}"
-            )
-        return array.astype(np.float32)
+        if float(array.min()) >= 0 and float(array.max()) <= 1:
+            return array.astype(np.float32)
+        return stretch_to_unit(array, path)
+    if np.issubdtype(array.dtype, np.integer):
+        return stretch_to_unit(array, path)
+    what = "a 1-bit (binary) image: a mask, not a micrograph" if array.dtype == bool else ""
     raise TemImageError(
-        f"{path}: unsupported pixel type {array.dtype} "
-        "(expected 8- or 16-bit unsigned integers or floats in [0, 1])"
+        f"{path}: unsupported pixel type {array.dtype}{f' ({what})' if what else ''};"
+        " micrographs are grey integers or real floats"
     )
 
 
@@ -182,7 +202,9 @@ def read_image(path: Path | str) -> np.ndarray:
 
     RGB and RGBA images are converted to grey (luma weights; alpha dropped; RGB with equal
     channels is taken as it is). Values keep the bit depth's scaling: 8-bit v → v/255,
-    16-bit v → v/65535; float images must already lie within [0, 1].
+    16-bit v → v/65535, floats within [0, 1] as they are; other integer depths (e.g. 32-bit
+    detector counts) and floats beyond [0, 1] are scaled by their own minimum and maximum
+    (segmentation normalises by percentiles, so only the pixel values' order matters).
 
     Args:
         path: The image file.
