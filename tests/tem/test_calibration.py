@@ -191,6 +191,11 @@ def test_sidecar_and_resolution_order(tmp_path):
     user = resolve_pixel_size(paths["image"], image, nm_per_px=0.3)
     assert (user.nm_per_px, user.source) == (0.3, "user")
     assert user.scale_bar is not None  # found for masking whatever the source
+    # The file's own value, where it differs from the user's, is kept and named.
+    assert user.overridden == PixelSize(0.7, "sidecar", "sim.json")
+    assert user.detail == "given; the sidecar says 0.7 nm/px (sim.json)"
+    close = resolve_pixel_size(paths["image"], image, nm_per_px=0.72)
+    assert close.overridden is None and close.detail == "given"
     # A sidecar naming another image is not this image's.
     record = json.loads(paths["metadata"].read_text())
     paths["metadata"].write_text(json.dumps(record | {"image": "other.png"}))

@@ -100,6 +100,7 @@ def test_measure_user_pixel_size_and_duplicate_names(images, tmp_path):
     assert status == 0
     summary = pd.read_csv(out / "summary.csv")
     assert summary["pixel_size_source"].tolist() == ["user", "user"]
+    assert summary["pixel_size_detail"].tolist() == ["given", "given"]  # nothing to differ from
     assert summary["nm_per_px"].tolist() == [0.5, 0.5]
     # Same stem twice: both kept.
     assert (out / "masks" / "plain.png").is_file() and (out / "masks" / "plain-2.png").is_file()
@@ -139,6 +140,8 @@ def test_measure_keeps_an_earlier_measurement_unless_told_to_overwrite(images, t
     out = tmp_path / "out"
     base = ["tem", "measure", "--out", str(out), "--no-progress", "--nm-per-px", "1"]
     assert main([*base, str(images["png"]), str(images["jpeg"])]) == 0
+    # The PNG's sidecar says 1 nm/px too: no warning; the JPEG has nothing to compare with.
+    assert "warning" not in capsys.readouterr().err
     first = (out / "summary.csv").read_text()
     (out / "notes.txt").write_text("mine")
     capsys.readouterr()
@@ -216,3 +219,13 @@ def test_measure_samples_from_a_map(images, tmp_path, capsys):
     assert main([*args, "--samples", str(mapping), "--out", str(tmp_path / "c")]) == 1
     assert "needs columns image and sample" in capsys.readouterr().err
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_measure_warns_when_the_users_pixel_size_differs_from_the_files(images, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["tem", "measure", str(images["png"]), "--out", str(out), "--nm-per-px", "2"]
+    assert main([*args, "--no-progress"]) == 0
+    assert "sim_png.png: --nm-per-px given; the sidecar says 1 nm/px" in capsys.readouterr().err
+    row = pd.read_csv(out / "summary.csv").iloc[0]
+    assert (row["nm_per_px"], row["pixel_size_source"]) == (2.0, "user")
+    assert "sidecar says 1 nm/px" in row["pixel_size_detail"]

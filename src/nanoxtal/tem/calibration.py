@@ -27,7 +27,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -40,6 +40,9 @@ from nanoxtal.tem.io import TemImageError, read_image, stretch_to_unit
 from nanoxtal.tem.simulate import text_bitmap
 
 SOURCES = ("user", "metadata", "sidecar", "scale_bar", "none")
+# Relative difference between a user's pixel size and the file's own above which both are
+# reported: more than a value typed to two digits is off by.
+OVERRIDE_TOLERANCE = 0.05
 GATAN_SUFFIXES = frozenset({".dm3", ".dm4"})
 # Length units (lower case) in nm.
 UNITS_NM = {
@@ -120,12 +123,16 @@ class PixelSize:
         source: "user", "metadata", "sidecar", "scale_bar" or "none".
         detail: How it was found (tag, unit, label), for the record.
         scale_bar: The scale bar found in the image (whatever the source), for masking.
+        overridden: For a user value: the pixel size the file itself gives when it differs by
+            more than ``OVERRIDE_TOLERANCE`` (a mistyped value, or a misread scale bar); else
+            None.
     """
 
     nm_per_px: float | None
     source: str
     detail: str = ""
     scale_bar: ScaleBar | None = field(default=None, compare=False)
+    overridden: PixelSize | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -836,7 +843,8 @@ def resolve_pixel_size(
     Args:
         path: The image file (for metadata and sidecar); None: neither.
         image: The grey image (for the scale bar); None: no scale bar search.
-        nm_per_px: The user's value (nm/px), which wins when given.
+        nm_per_px: The user's value (nm/px), which wins when given (a misread scale bar can
+            be corrected); where the file's own value differs, it is kept in ``overridden``.
 
     Returns:
         The pixel size and its source.
@@ -845,8 +853,18 @@ def resolve_pixel_size(
         ValueError: A user value that is not a positive number.
     """
     bar = scale_bar(image) if image is not None else None
-    if nm_per_px is not None:
-        return PixelSize(float(nm_per_px), "user", "given", bar)
+    found = _from_file(path, bar)
+    if nm_per_px is None:
+        return found
+    given = PixelSize(float(nm_per_px), "user", "given", bar)
+    if found.nm_per_px is None or abs(given.nm_per_px / found.nm_per_px - 1) <= OVERRIDE_TOLERANCE:
+        return given
+    detail = f"given; the {found.source} says {found.nm_per_px:.4g} nm/px ({found.detail})"
+    return replace(given, detail=detail, overridden=found)
+
+
+def _from_file(path: Path | str | None, bar: ScaleBar | None) -> PixelSize:
+    """The pixel size the file gives: metadata > sidecar > scale bar > none."""
     if path is not None:
         try:
             found = from_metadata(path)

@@ -551,6 +551,8 @@ def _measure(args: argparse.Namespace) -> int:
         try:
             image = read_micrograph(path)
             pixel = resolve_pixel_size(path, image, args.nm_per_px)
+            if pixel.overridden is not None:
+                print(f"nanoxtal: warning: {path}: --nm-per-px {pixel.detail}", file=sys.stderr)
             instances = drop_scale_bar(segment_image(image, model, settings), pixel.scale_bar)
             if instances.max(initial=0) > np.iinfo(np.uint16).max:
                 raise TemImageError(f"{path}: too many particles for a 16-bit mask")
