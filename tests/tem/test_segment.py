@@ -247,8 +247,12 @@ def test_cli_evaluate_writes_metrics_table_and_figure(tmp_path, msa_like, capsys
     assert metrics["model"] is None and metrics["msa_em/baseline/ap50"] == 1.0
     assert metrics["environment"] == describe()  # the machine it was measured on
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
-    assert "msa_em/baseline/ap50: 1.000" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "msa_em/baseline/ap50: 1.000" in captured.out
+    assert "msa_em (baseline)" in captured.err  # a progress bar per set and method
     assert not any(key.startswith("shapes/") for key in metrics)
+    assert main([*args, "--no-progress"]) == 0
+    assert "msa_em (baseline)" not in capsys.readouterr().err
     # The shape classes on simulated micrographs, with their figure, when asked.
     shapes = ["--shapes-per-class", "1", "--shapes-seed", "3", "--shapes-figure"]
     assert main([*args, *shapes, str(tmp_path / "shapes.png")]) == 0

@@ -270,7 +270,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     }
     tables = []
     for name, folder in args.set:
-        found, table = evaluate_test_parts({name: folder}, predictors(name), split)
+        found, table = evaluate_test_parts(
+            {name: folder}, predictors(name), split, progress=not args.no_progress
+        )
         metrics |= found
         tables.append(table)
     if args.shapes_per_class > 0:
@@ -733,6 +735,7 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         "--shapes-seed", type=int, default=2025, help="seed of the simulated shape micrographs"
     )
     evaluate.add_argument("--shapes-figure", type=Path, help="PNG of the shape confusion matrices")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     evaluate.set_defaults(func=_evaluate)
 
     pool = verbs.add_parser(

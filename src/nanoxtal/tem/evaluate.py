@@ -440,6 +440,7 @@ def evaluate_set(
     images: Iterable[LabelledImage],
     predictor: Callable[[np.ndarray], np.ndarray],
     thresholds: Sequence[float] = THRESHOLDS,
+    progress: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, object]]:
     """Predict and score every image of a labelled set; one failure does not stop the rest.
 
@@ -451,14 +452,17 @@ def evaluate_set(
         images: The labelled images (e.g. from ``read_labelled_set``).
         predictor: Maps a grey image to an integer label image of the same shape.
         thresholds: IoU thresholds for AP, precision and recall.
+        progress: Label of a progress bar over the images; None: no bar.
 
     Returns:
         The per-image table (``name``, ``error`` (None when fine), ``seconds`` of prediction,
         and the metrics) and the set summary (means over evaluated images, pooled AP, counts,
         images per second of prediction, and the failed images with their errors).
     """
+    from tqdm.auto import tqdm
+
     rows = []
-    for item in images:
+    for item in tqdm(images, desc=progress, unit="image", disable=progress is None):
         try:
             row = _evaluate_one(item, predictor, thresholds)
             rows.append({"name": item.name, "error": None, **row})
@@ -583,6 +587,7 @@ def evaluate_test_parts(
     folders: Mapping[str, Path | str],
     predictors: Mapping[str, Callable[[np.ndarray], np.ndarray]],
     split: Split,
+    progress: bool = False,
 ) -> tuple[dict[str, object], pd.DataFrame]:
     """Score every method on the scored part of every labelled set.
 
@@ -595,6 +600,7 @@ def evaluate_test_parts(
         predictors: Segmentation methods by name (e.g. ``model``, ``baseline``), each a map
             from a grey image to instance labels.
         split: The split (its seed also seeds the bootstrap intervals).
+        progress: A progress bar per set and method.
 
     Returns:
         Flat metrics: the split (``Split.record``), ``"<set>/test_images"`` (the scored
@@ -613,7 +619,9 @@ def evaluate_test_parts(
         held_out = [item for item in items if item.name in chosen]
         table = pd.concat(
             [
-                evaluate_set(held_out, predictor)[0].assign(set=name, method=method)
+                evaluate_set(
+                    held_out, predictor, progress=f"{name} ({method})" if progress else None
+                )[0].assign(set=name, method=method)
                 for method, predictor in predictors.items()
             ],
             ignore_index=True,
