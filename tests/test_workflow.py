@@ -268,6 +268,10 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
     # One row, measured without error; the 1-epoch test model may well find no particle.
     assert len(measured) == 1 and measured["error"].isna().all()
     assert measured["pixel_size_source"].iloc[0] in {"scale_bar", "none"}
+    samples = pd.read_csv(
+        workdir / "results" / "tem" / "measure" / "sophon_example" / "samples.csv"
+    )
+    assert samples[["images", "images_failed"]].values.tolist() == [[1, 0]]
     # The report collects every stage's metrics and figures, as the README shows.
     report = workdir / "results" / "report.zip"
     done = run_in(workdir, test_config, "--report", str(report))
