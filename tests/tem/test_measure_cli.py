@@ -229,3 +229,14 @@ def test_measure_warns_when_the_users_pixel_size_differs_from_the_files(images, 
     row = pd.read_csv(out / "summary.csv").iloc[0]
     assert (row["nm_per_px"], row["pixel_size_source"]) == (2.0, "user")
     assert "sidecar says 1 nm/px" in row["pixel_size_detail"]
+
+
+def test_measure_each_image_its_own_sample(images, tmp_path):
+    out = tmp_path / "out"
+    args = ["tem", "measure", str(images["png"]), str(images["tif"]), "--out", str(out)]
+    assert main([*args, "--samples", "image", "--no-progress"]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    samples = pd.read_csv(out / "samples.csv")
+    assert summary["sample"].tolist() == samples["sample"].tolist() == ["sim_png", "sim_tif"]
+    assert samples["count"].tolist() == summary["count"].tolist()
+    assert samples["mean_diameter"].to_numpy() == pytest.approx(summary["mean_diameter"].to_numpy())

@@ -227,6 +227,7 @@ rule tem_measure:
     params:
         out_dir=lambda wildcards, output: Path(output.particles).parent,
         segment=json.dumps(config["tem"]["segment"]),
+        samples=config["tem"]["measure"]["samples"],
     log:
         "logs/tem/measure_{name}.log",
     benchmark:
@@ -239,7 +240,8 @@ rule tem_measure:
         "../../envs/tem.yaml"
     shell:
         "nanoxtal tem measure {input.images:q} --model {input.model:q} --out {params.out_dir:q}"
-        " --segment {params.segment:q} --overwrite --no-progress > {log:q} 2>&1"
+        " --segment {params.segment:q} --samples {params.samples} --overwrite --no-progress"
+        " > {log:q} 2>&1"
 
 
 # Cross-validation inside the training part, on demand (`snakemake --cores 2 results/tem/cv/metrics.json`):

@@ -535,7 +535,8 @@ def _measure(args: argparse.Namespace) -> int:
     files, problems = image_files(args.images, IMAGE_SUFFIXES | GATAN_SUFFIXES)
     for message in problems:
         print(f"nanoxtal: error: {message}", file=sys.stderr)
-    mapping = read_sample_map(args.samples) if args.samples else {}
+    by_image = args.samples == "image"
+    mapping = {} if args.samples in ("folder", "image") else read_sample_map(Path(args.samples))
     tables, summaries, failed = [], [], len(problems)
     per_sample: dict[str, list] = {}
     sample_images: dict[str, int] = {}
@@ -547,7 +548,7 @@ def _measure(args: argparse.Namespace) -> int:
         unit="image",
         disable=args.no_progress,
     ):
-        sample = sample_of(path, mapping)
+        sample = name if by_image else sample_of(path, mapping)
         sample_images[sample] = sample_images.get(sample, 0) + 1
         row: dict[str, object] = {"image": str(path), "sample": sample, "segmenter": segmenter}
         try:
@@ -783,10 +784,11 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     _segment_argument(measure)
     measure.add_argument(
         "--samples",
-        type=Path,
-        metavar="CSV",
-        help="CSV with columns image (path or file name) and sample: which images show one"
-        " sample, pooled in samples.csv; default: an image's folder is its sample",
+        default="folder",
+        metavar="folder|image|CSV",
+        help="which images show one sample, pooled in samples.csv: those of one folder"
+        " (default), each image alone, or as a CSV with columns image (path or file name) and"
+        " sample says (unlisted images: their folder)",
     )
     measure.add_argument(
         "--overwrite",
