@@ -469,6 +469,34 @@ def sample_table(
     return table.astype({"count": "Int64", "count_measured": "Int64"})
 
 
+def write_samples(
+    out: Path, particles: dict[str, list], images: dict[str, int], failed: dict[str, int]
+) -> list[Path]:
+    """Write ``samples.csv`` (``sample_table``) and a pooled size histogram per sample.
+
+    Returns:
+        The histograms written, ``out/samples/<sample>.png`` (names made file-safe and
+        distinct); none for a sample whose statistics failed.
+    """
+    import pandas as pd
+
+    from nanoxtal.tem.measure import size_histogram
+
+    table = sample_table(particles, images, failed)
+    with atomic_write(out / "samples.csv") as partial:
+        table.to_csv(partial, index=False)
+    figures = []
+    names = distinct_names([file_stem(sample) for sample in table["sample"]])
+    for sample, count, error, name in zip(
+        table["sample"], table["images"], table["error"], names, strict=True
+    ):
+        if pd.isna(error):
+            figure = out / "samples" / f"{name}.png"
+            pooled = pd.concat(particles[sample], ignore_index=True)
+            figures.append(size_histogram(pooled, figure, f"sample {sample} ({count} images)"))
+    return figures
+
+
 MEASURE_TABLES = ("particles.csv", "summary.csv", "samples.csv")
 # Per-image figures, one PNG per image in each folder; then the per-sample histograms' folder.
 MEASURE_FIGURES = ("masks", "overlays", "histograms")
@@ -595,16 +623,7 @@ def _measure(args: argparse.Namespace) -> int:
         particles_table.to_csv(partial, index=False)
     with atomic_write(out / "summary.csv") as partial:
         summary.to_csv(partial, index=False)
-    samples = sample_table(per_sample, sample_images, sample_failed)
-    with atomic_write(out / "samples.csv") as partial:
-        samples.to_csv(partial, index=False)
-    names = distinct_names([file_stem(sample) for sample in samples["sample"]])
-    for row, name in zip(samples.itertuples(), names, strict=True):
-        if row.sample in per_sample and pd.isna(row.error):
-            figure = out / "samples" / f"{name}.png"
-            pooled = pd.concat(per_sample[row.sample], ignore_index=True)
-            size_histogram(pooled, figure, f"sample {row.sample} ({row.images} images)")
-            written.add(figure)
+    written.update(write_samples(out, per_sample, sample_images, sample_failed))
     stale = sorted(set(earlier) - written)
     for path in stale:
         path.unlink()
