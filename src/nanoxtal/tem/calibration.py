@@ -210,10 +210,15 @@ def _rsciio_reader(path: Path):
     return file_reader
 
 
-def _gatan_signal(path: Path) -> dict:
-    """The first 2-D image of a Gatan file, as RosettaSciIO gives it."""
+def _gatan_signal(path: Path, lazy: bool = False) -> dict:
+    """The first 2-D image of a Gatan file, as RosettaSciIO gives it.
+
+    Args:
+        path: The ``.dm3``/``.dm4`` file.
+        lazy: Leave the pixels on disk (a dask array): enough for the calibration.
+    """
     try:
-        signals = _rsciio_reader(path)(str(path))
+        signals = _rsciio_reader(path)(str(path), lazy=lazy)
     except CalibrationError:
         raise
     except Exception as error:
@@ -267,7 +272,7 @@ def from_metadata(path: Path | str) -> PixelSize | None:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in GATAN_SUFFIXES:
-        return _gatan_pixel_size(_gatan_signal(path))
+        return _gatan_pixel_size(_gatan_signal(path, lazy=True))
     if suffix not in (".tif", ".tiff"):
         return None
     try:

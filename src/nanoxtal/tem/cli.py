@@ -440,26 +440,24 @@ def sample_of(path: Path, mapping: dict[str, str]) -> str:
     return path.resolve().parent.name
 
 
-def sample_table(
-    particles: dict[str, list], images: dict[str, int], failed: dict[str, int]
-) -> pd.DataFrame:
+def sample_table(particles: dict[str, list], summary: pd.DataFrame) -> pd.DataFrame:
     """samples.csv: per sample, the pooled statistics of its measured images.
 
     Args:
         particles: Per sample, the particle tables of its measured images.
-        images: Per sample, its number of images (measured or not), in output order.
-        failed: Per sample, its number of images that failed.
+        summary: The per-image table (summary.csv), for each image's ``sample`` and ``error``;
+            samples come in its order.
     """
     import pandas as pd
 
     from nanoxtal.tem.measure import summarise_sample
 
     rows = []
-    for sample, count in images.items():
+    for sample, images in summary.groupby("sample", sort=False):
         row: dict[str, object] = {
             "sample": sample,
-            "images": count,
-            "images_failed": failed.get(sample, 0),
+            "images": len(images),
+            "images_failed": int(images["error"].notna().sum()),
         }
         try:
             rows.append(row | summarise_sample(particles.get(sample, [])) | {"error": None})
@@ -469,9 +467,7 @@ def sample_table(
     return table.astype({"count": "Int64", "count_measured": "Int64"})
 
 
-def write_samples(
-    out: Path, particles: dict[str, list], images: dict[str, int], failed: dict[str, int]
-) -> list[Path]:
+def write_samples(out: Path, particles: dict[str, list], summary: pd.DataFrame) -> list[Path]:
     """Write ``samples.csv`` (``sample_table``) and a pooled size histogram per sample.
 
     Returns:
@@ -482,7 +478,7 @@ def write_samples(
 
     from nanoxtal.tem.measure import size_histogram
 
-    table = sample_table(particles, images, failed)
+    table = sample_table(particles, summary)
     with atomic_write(out / "samples.csv") as partial:
         table.to_csv(partial, index=False)
     figures = []
@@ -567,8 +563,6 @@ def _measure(args: argparse.Namespace) -> int:
     mapping = {} if args.samples in ("folder", "image") else read_sample_map(Path(args.samples))
     tables, summaries, failed = [], [], len(problems)
     per_sample: dict[str, list] = {}
-    sample_images: dict[str, int] = {}
-    sample_failed: dict[str, int] = {}
     written: set[Path] = {out / name for name in MEASURE_TABLES}
     for path, name in tqdm(
         list(zip(files, distinct_names([path.stem for path in files]), strict=True)),
@@ -577,7 +571,6 @@ def _measure(args: argparse.Namespace) -> int:
         disable=args.no_progress,
     ):
         sample = name if by_image else sample_of(path, mapping)
-        sample_images[sample] = sample_images.get(sample, 0) + 1
         row: dict[str, object] = {"image": str(path), "sample": sample, "segmenter": segmenter}
         try:
             image = read_micrograph(path)
@@ -590,7 +583,6 @@ def _measure(args: argparse.Namespace) -> int:
             particles = measure_particles(instances, pixel.nm_per_px)
         except (TemImageError, CalibrationError) as error:
             failed += 1
-            sample_failed[sample] = sample_failed.get(sample, 0) + 1
             print(f"nanoxtal: error: {error}", file=sys.stderr)
             summaries.append(row | {"error": str(error)})
             continue
@@ -623,7 +615,7 @@ def _measure(args: argparse.Namespace) -> int:
         particles_table.to_csv(partial, index=False)
     with atomic_write(out / "summary.csv") as partial:
         summary.to_csv(partial, index=False)
-    written.update(write_samples(out, per_sample, sample_images, sample_failed))
+    written.update(write_samples(out, per_sample, summary))
     stale = sorted(set(earlier) - written)
     for path in stale:
         path.unlink()
