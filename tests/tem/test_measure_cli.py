@@ -240,3 +240,11 @@ def test_measure_each_image_its_own_sample(images, tmp_path):
     assert summary["sample"].tolist() == samples["sample"].tolist() == ["sim_png", "sim_tif"]
     assert samples["count"].tolist() == summary["count"].tolist()
     assert samples["mean_diameter"].to_numpy() == pytest.approx(summary["mean_diameter"].to_numpy())
+
+
+def test_table_columns_hold_every_statistic_of_summarise_image():
+    from nanoxtal.tem.cli import STATISTICS_COLUMNS
+    from nanoxtal.tem.measure import measure_particles, summarise_image
+
+    empty = measure_particles(np.zeros((4, 4), dtype=np.int32), None)
+    assert list(summarise_image(empty)) == list(STATISTICS_COLUMNS)

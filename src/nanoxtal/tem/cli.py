@@ -348,10 +348,8 @@ def _json_number(value: object) -> object:
     return number if math.isfinite(number) else None
 
 
-# Columns of summary.csv, in order.
-SUMMARY_COLUMNS = (
-    "image",
-    "sample",
+# The statistics of an image or a sample (nanoxtal.tem.measure.summarise_image), in order.
+STATISTICS_COLUMNS = (
     "count",
     "count_measured",
     "mean_diameter",
@@ -360,6 +358,12 @@ SUMMARY_COLUMNS = (
     "dominant_shape",
     "dominant_shape_share",
     "diameter_unit",
+)
+# Columns of summary.csv, in order.
+SUMMARY_COLUMNS = (
+    "image",
+    "sample",
+    *STATISTICS_COLUMNS,
     "nm_per_px",
     "pixel_size_source",
     "pixel_size_detail",
@@ -385,20 +389,7 @@ def file_stem(name: str) -> str:
 
 
 # Columns of samples.csv, in order.
-SAMPLE_COLUMNS = (
-    "sample",
-    "images",
-    "images_failed",
-    "count",
-    "count_measured",
-    "mean_diameter",
-    "std_diameter",
-    "size_distribution_pct",
-    "dominant_shape",
-    "dominant_shape_share",
-    "diameter_unit",
-    "error",
-)
+SAMPLE_COLUMNS = ("sample", "images", "images_failed", *STATISTICS_COLUMNS, "error")
 
 
 def read_sample_map(path: Path) -> dict[str, str]:
