@@ -218,7 +218,13 @@ def test_measure_samples_from_a_map(images, tmp_path, capsys):
     mapping.write_text("file,sample\nplain.jpg,A\n")
     assert main([*args, "--samples", str(mapping), "--out", str(tmp_path / "c")]) == 1
     assert "needs columns image and sample" in capsys.readouterr().err
-    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    mapping.write_text("image,sample\nplain.jpg,\n")
+    assert main([*args, "--samples", str(mapping), "--out", str(tmp_path / "d")]) == 1
+    assert f"{mapping}, line 2: empty image or sample" in capsys.readouterr().err
+    gone = tmp_path / "gone.csv"
+    assert main([*args, "--samples", str(gone), "--out", str(tmp_path / "e")]) == 1
+    assert f"{gone}: not a readable CSV" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "bcde")
 
 
 def test_measure_warns_when_the_users_pixel_size_differs_from_the_files(images, tmp_path, capsys):
