@@ -25,7 +25,7 @@ import numpy as np
 from nanoxtal.environment import describe
 from nanoxtal.tem.calibration import drop_scale_bar, scale_bar
 from nanoxtal.tem.measure import measure_particles, shape_classifier, synthetic_shapes
-from nanoxtal.tem.segment import SegmentSettings, segment_image
+from nanoxtal.tem.segmentation import SegmentSettings, segment_image
 from nanoxtal.tem.simulate import MicrographSettings, image_rng, simulate_micrograph
 
 SCENES = {

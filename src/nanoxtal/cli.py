@@ -217,7 +217,7 @@ def _simulation_inputs(paths: Sequence[Path]) -> Iterator[tuple[str, object]]:
     """(id, SiteArrays or Structure or error message) for every structure of the inputs."""
     import pandas as pd
 
-    from nanoxtal.xrd.simulate import SimulationError, SiteArrays
+    from nanoxtal.xrd.diffraction import SimulationError, SiteArrays
     from nanoxtal.xrd.structures import StructureError, parse_cif, read_sources
 
     for path in paths:
@@ -242,7 +242,7 @@ def _simulation_inputs(paths: Sequence[Path]) -> Iterator[tuple[str, object]]:
 def _xrd_simulate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from nanoxtal.xrd.simulate import SimulationError, peak_table, stick_pattern
+    from nanoxtal.xrd.diffraction import SimulationError, peak_table, stick_pattern
 
     patterns, failed = [], 0
     for structure_id, item in tqdm(

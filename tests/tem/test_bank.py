@@ -22,7 +22,7 @@ from nanoxtal.tem.datamodule import BankCrops, TemDataModule
 from nanoxtal.tem.io import Split
 from nanoxtal.tem.module import load_segmenter, segmentation_losses
 from nanoxtal.tem.nets import OUTPUTS
-from nanoxtal.tem.segment import SegmentSettings
+from nanoxtal.tem.segmentation import SegmentSettings
 from nanoxtal.tem.training import TrainSettings, train_segmenter
 from nanoxtal.train import TrainerSettings
 

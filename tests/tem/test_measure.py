@@ -20,7 +20,7 @@ from nanoxtal.tem.measure import (
     summarise_sample,
     synthetic_shapes,
 )
-from nanoxtal.tem.segment import segment_image
+from nanoxtal.tem.segmentation import segment_image
 from nanoxtal.tem.simulate import (
     SHAPE_CLASSES,
     MicrographSettings,

@@ -8,7 +8,7 @@ from pymatgen.core import Lattice, Structure
 
 from nanoxtal.cli import main
 from nanoxtal.xrd.datamodule import load_sticks
-from nanoxtal.xrd.simulate import PEAK_COLUMNS, stick_pattern
+from nanoxtal.xrd.diffraction import PEAK_COLUMNS, stick_pattern
 
 
 def rock_salt() -> Structure:

@@ -4,7 +4,7 @@ import numpy as np
 
 from nanoxtal.xrd.datamodule import XrdDataModule
 from nanoxtal.xrd.evaluate import nearest_rendered, render_split
-from nanoxtal.xrd.render import Augmentation
+from nanoxtal.xrd.profiles import Augmentation
 
 
 def test_nearest_rendered_finds_each_structure_across_chunks(tiny_tables):

@@ -12,7 +12,7 @@ from nanoxtal.xrd.io import (
     to_grid,
 )
 from nanoxtal.xrd.radiation import WAVELENGTHS
-from nanoxtal.xrd.render import Grid
+from nanoxtal.xrd.profiles import Grid
 
 XRDML = """<?xml version="1.0"?>
 <xrdMeasurements xmlns="http://www.xrdml.com/XRDMeasurement/2.3">

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from nanoxtal.xrd.simulate import SiteArrays, stick_pattern
+from nanoxtal.xrd.diffraction import SiteArrays, stick_pattern
 from nanoxtal.xrd.structures import (
     CRYSTAL_SYSTEMS,
     TABLE_COLUMNS,

@@ -15,7 +15,7 @@ from nanoxtal.xrd.datamodule import XrdDataModule
 from nanoxtal.xrd.evaluate import predict_files
 from nanoxtal.xrd.library import nearest_neighbour
 from nanoxtal.xrd.module import class_weights, load_classifier, smoothed_cross_entropy
-from nanoxtal.xrd.simulate import stick_pattern
+from nanoxtal.xrd.diffraction import stick_pattern
 from nanoxtal.xrd.training import (
     FinetuneSettings,
     TrainSettings,

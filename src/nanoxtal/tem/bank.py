@@ -35,7 +35,7 @@ from skimage import draw
 
 from nanoxtal.files import atomic_write
 from nanoxtal.tem.io import Split, read_labelled_set
-from nanoxtal.tem.segment import (
+from nanoxtal.tem.segmentation import (
     Polarity,
     SegmentSettings,
     augmented_maps,
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 # Labelled sets a bank can hold: instance masks, or boxes turned into inscribed ellipses.
 BANK_SETS = ("sophon_example", "msa_em", "au_monolayer", "stem_boxes")
 # Particle polarity of each set ("auto": guessed per image); the bank stores every image with
-# dark particles, as the network sees them (``nanoxtal.tem.segment``).
+# dark particles, as the network sees them (``nanoxtal.tem.segmentation``).
 BANK_POLARITY: dict[str, Polarity] = {"stem_boxes": "auto"}
 
 

@@ -127,7 +127,7 @@ def _pseudo(args: argparse.Namespace) -> int:
     from nanoxtal.tem.bank import PseudoSettings, pseudo_bank, save_bank
     from nanoxtal.tem.io import TemImageError, image_files, read_image
     from nanoxtal.tem.module import load_segmenter
-    from nanoxtal.tem.segment import SegmentSettings
+    from nanoxtal.tem.segmentation import SegmentSettings
 
     settings = settings_from(PseudoSettings, args.settings, "pseudo-label")
     segment = SegmentSettings.from_mapping(args.segment)
@@ -180,7 +180,7 @@ def _segment_argument(parser: argparse.ArgumentParser) -> None:
         "--segment",
         type=json_object,
         default={},
-        help="JSON object of SegmentSettings fields (nanoxtal.tem.segment), e.g. the"
+        help="JSON object of SegmentSettings fields (nanoxtal.tem.segmentation), e.g. the"
         " tem.segment config block",
     )
 
@@ -243,7 +243,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         shape_figure,
     )
     from nanoxtal.tem.module import load_segmenter
-    from nanoxtal.tem.segment import SegmentSettings, segment_image
+    from nanoxtal.tem.segmentation import SegmentSettings, segment_image
 
     split = _split_from(args)
     per_set = dict(args.set_segment)
@@ -524,7 +524,7 @@ def _measure(args: argparse.Namespace) -> int:
         summarise_image,
         write_png,
     )
-    from nanoxtal.tem.segment import SegmentSettings, segment_image
+    from nanoxtal.tem.segmentation import SegmentSettings, segment_image
 
     if args.nm_per_px is not None and not args.nm_per_px > 0:
         raise ValueError(f"--nm-per-px must be > 0, got {args.nm_per_px}")

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from nanoxtal.xrd.render import Augmentation, Renderer, make_batch
+from nanoxtal.xrd.profiles import Augmentation, Renderer, make_batch
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from nanoxtal.xrd.library import (
 )
 from nanoxtal.xrd.module import XrdClassifier, embed_patterns, load_classifier, run_batched
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS
-from nanoxtal.xrd.render import Augmentation, Grid, Renderer
+from nanoxtal.xrd.profiles import Augmentation, Grid, Renderer
 from nanoxtal.xrd.structures import (
     CRYSTAL_SYSTEMS,
     StructureError,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nanoxtal.xrd.profiles import Grid
 from nanoxtal.xrd.radiation import WAVELENGTHS
-from nanoxtal.xrd.render import Grid
 
 TEXT_SUFFIXES = (".xy", ".xye", ".csv", ".txt", ".dat")
 MIN_POINTS = 10

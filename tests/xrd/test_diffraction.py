@@ -9,7 +9,7 @@ from pymatgen.analysis.diffraction.xrd import XRDCalculator
 from pymatgen.core import Lattice, Structure
 
 from nanoxtal.xrd.radiation import WAVELENGTHS
-from nanoxtal.xrd.simulate import (
+from nanoxtal.xrd.diffraction import (
     SimulationError,
     compare_sticks,
     merge_equal,

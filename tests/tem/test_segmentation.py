@@ -16,7 +16,7 @@ from nanoxtal.tem.evaluate import (
     pool_folds,
 )
 from nanoxtal.tem.io import Split
-from nanoxtal.tem.segment import SegmentSettings, instances_from_maps, segment_image
+from nanoxtal.tem.segmentation import SegmentSettings, instances_from_maps, segment_image
 
 CENTRES = [(20, 20), (20, 60), (60, 40)]
 

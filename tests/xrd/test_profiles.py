@@ -8,7 +8,7 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 from nanoxtal.xrd.radiation import WAVELENGTHS
-from nanoxtal.xrd.render import (
+from nanoxtal.xrd.profiles import (
     Augmentation,
     Grid,
     Renderer,
@@ -16,7 +16,7 @@ from nanoxtal.xrd.render import (
     peak_fwhm,
     pseudo_voigt,
 )
-from nanoxtal.xrd.simulate import stick_pattern
+from nanoxtal.xrd.diffraction import stick_pattern
 
 CLEAN = Augmentation.clean()
 GRID = Grid()
