@@ -24,8 +24,8 @@ import torch
 from pymatgen.analysis.diffraction.xrd import XRDCalculator
 
 from nanoxtal.environment import describe
-from nanoxtal.xrd.profiles import Augmentation, Renderer, make_batch
 from nanoxtal.xrd.diffraction import compare_sticks, stick_pattern
+from nanoxtal.xrd.profiles import Augmentation, Renderer, make_batch
 from nanoxtal.xrd.structures import parse_cif
 
 RANGE = (5.0, 90.0)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from nanoxtal.xrd.profiles import Augmentation, Renderer, make_batch
 from nanoxtal.xrd.diffraction import peak_table, stick_pattern
+from nanoxtal.xrd.profiles import Augmentation, Renderer, make_batch
 from nanoxtal.xrd.structures import Source, build_table, crystal_system
 
 CRYSTALS = [

@@ -8,13 +8,13 @@ import pytest
 from pymatgen.analysis.diffraction.xrd import XRDCalculator
 from pymatgen.core import Lattice, Structure
 
-from nanoxtal.xrd.radiation import WAVELENGTHS
 from nanoxtal.xrd.diffraction import (
     SimulationError,
     compare_sticks,
     merge_equal,
     stick_pattern,
 )
+from nanoxtal.xrd.radiation import WAVELENGTHS
 
 
 def rock_salt(a: float = 5.64) -> Structure:

@@ -11,8 +11,8 @@ from nanoxtal.xrd.io import (
     read_patterns,
     to_grid,
 )
-from nanoxtal.xrd.radiation import WAVELENGTHS
 from nanoxtal.xrd.profiles import Grid
+from nanoxtal.xrd.radiation import WAVELENGTHS
 
 XRDML = """<?xml version="1.0"?>
 <xrdMeasurements xmlns="http://www.xrdml.com/XRDMeasurement/2.3">

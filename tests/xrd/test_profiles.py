@@ -7,7 +7,7 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from nanoxtal.xrd.radiation import WAVELENGTHS
+from nanoxtal.xrd.diffraction import stick_pattern
 from nanoxtal.xrd.profiles import (
     Augmentation,
     Grid,
@@ -16,7 +16,7 @@ from nanoxtal.xrd.profiles import (
     peak_fwhm,
     pseudo_voigt,
 )
-from nanoxtal.xrd.diffraction import stick_pattern
+from nanoxtal.xrd.radiation import WAVELENGTHS
 
 CLEAN = Augmentation.clean()
 GRID = Grid()

@@ -12,10 +12,10 @@ from nanoxtal.cli import main
 from nanoxtal.environment import describe
 from nanoxtal.train import TrainerSettings
 from nanoxtal.xrd.datamodule import XrdDataModule
+from nanoxtal.xrd.diffraction import stick_pattern
 from nanoxtal.xrd.evaluate import predict_files
 from nanoxtal.xrd.library import nearest_neighbour
 from nanoxtal.xrd.module import class_weights, load_classifier, smoothed_cross_entropy
-from nanoxtal.xrd.diffraction import stick_pattern
 from nanoxtal.xrd.training import (
     FinetuneSettings,
     TrainSettings,
