@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -10,7 +11,10 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
 
+import matplotlib
 import pandas as pd
 import pytest
 import torch
@@ -172,13 +176,28 @@ def test_config_change_reruns_exactly_the_stage_it_configures(tmp_path, small_ro
     assert planned_rules(forced) == {"recipes_importance"}
 
 
-@pytest.mark.slow
-def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
-    workdir = tmp_path / "w"
+class WorkflowRun(NamedTuple):
+    """One run of the whole workflow: where it ran, its config, and how it ended."""
+
+    workdir: Path
+    config: dict
+    done: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def test_config_run(tmp_path_factory, shared_data) -> WorkflowRun:
+    """The test config's whole workflow, run once for the tests of this module that need it
+    (whichever runs first builds it): ``<tmp>/w`` holds its results and trained models."""
+    workdir = tmp_path_factory.mktemp("test_config") / "w"
     workdir.mkdir()
     test_config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     test_config["data"]["root"] = str(shared_data)
-    done = run_in(workdir, test_config)
+    return WorkflowRun(workdir, test_config, run_in(workdir, test_config))
+
+
+@pytest.mark.slow
+def test_test_config_runs_the_whole_workflow(test_config_run):
+    workdir, test_config, done = test_config_run
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((workdir / "results" / "xrd" / "structures_summary.json").read_text())
     assert (
@@ -299,3 +318,30 @@ def test_test_config_runs_the_whole_workflow(tmp_path, shared_data):
         assert not test_names & set(fold_bank["images"]) and len(fold_bank["images"]) == 5
         fold_film = json.loads((cv_root / f"fold{fold}" / "banks" / "film.json").read_text())
         assert fold_film["images"] == fold_bank["images"]
+
+
+def load_test_docs() -> ModuleType:
+    """``tests/test_docs.py`` as a module, for its tutorial runner (tests are no package)."""
+    spec = importlib.util.spec_from_file_location(
+        "test_docs_runner", REPO / "tests" / "test_docs.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_tutorials_run_on_the_test_models(test_config_run, shared_data):
+    workdir, _, done = test_config_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    docs = load_test_docs()
+    tutorials = sorted((REPO / "docs" / "tutorials").glob("*.md"))
+    assert [path.stem for path in tutorials] == ["recipes", "tem", "xrd"]
+    # The tutorials read the data as a user in the repository root does: ../shared/data.
+    shared = workdir.parent / "shared"
+    shared.mkdir(exist_ok=True)
+    if not (shared / "data").exists():
+        (shared / "data").symlink_to(shared_data, target_is_directory=True)
+    matplotlib.use("Agg")  # figures are saved, never shown (plt.show() does nothing)
+    for path in tutorials:
+        docs.run_tutorial(path, workdir)

@@ -149,6 +149,16 @@ class ImageBank:
         """Total number of pixels."""
         return int(sum(image.size for image in self.images))
 
+    @property
+    def trusted(self) -> float:
+        """Share of the pixels whose labels are trusted."""
+        return sum(int(mask.sum()) for mask in self.valid) / max(self.pixels, 1)
+
+    @property
+    def particles(self) -> int:
+        """Labelled particles in all images."""
+        return sum(int(np.count_nonzero(np.unique(labels))) for labels in self.instances)
+
 
 def merge_banks(banks: Iterable[ImageBank]) -> ImageBank:
     """One bank holding the images of all ``banks``, in order."""
@@ -343,3 +353,23 @@ def pseudo_bank(
         instances=tuple(labels),
         valid=tuple(masks),
     )
+
+
+def read_micrographs(paths: Sequence[Path | str]) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """The micrographs of files and folders (``nanoxtal.tem.io.image_files``), for a bank.
+
+    Returns:
+        The grey images, their names (file stems) and one message per input that failed
+        (a folder without images, an unreadable file); the rest are read.
+    """
+    from nanoxtal.tem.io import TemImageError, image_files, read_image
+
+    files, failed = image_files(paths)
+    images, names = [], []
+    for path in files:
+        try:
+            images.append(read_image(path))
+            names.append(path.stem)
+        except TemImageError as error:
+            failed.append(str(error))
+    return images, names, failed

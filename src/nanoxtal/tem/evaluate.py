@@ -899,3 +899,98 @@ def _difference_panel(axis, metrics: Mapping[str, object], sets: Sequence[str]) 
 def _number(value: object) -> float:
     """A metric as float; NaN when missing or None."""
     return float(value) if isinstance(value, int | float) else np.nan
+
+
+@dataclass
+class Evaluation:
+    """``evaluate_sets``' result: metrics, per-image scores and shape confusion matrices.
+
+    Attributes:
+        metrics: Flat metrics (``evaluate_test_parts``, ``evaluate_synthetic_shapes``).
+        per_image: One row per scored image, set and method.
+        shape_matrices: Per method, the shape-class confusion matrix (empty without shapes).
+    """
+
+    metrics: dict[str, object]
+    per_image: pd.DataFrame
+    shape_matrices: dict[str, np.ndarray]
+
+
+def evaluate_sets(
+    sets: Sequence[tuple[str, Path | str]],
+    model: object | None,
+    split: Split,
+    segment: Mapping[str, object] | None = None,
+    set_segment: Mapping[str, Mapping[str, object]] | None = None,
+    shapes_per_class: int = 0,
+    shapes_seed: int = 2025,
+    progress: bool = False,
+) -> Evaluation:
+    """Score the model and the classical baseline on the scored part of labelled sets.
+
+    Args:
+        sets: (name, folder) of each labelled set (``nanoxtal.tem.io.LABELLED_SETS``).
+        model: A trained ``Segmenter``, or None to score the baseline alone.
+        split: The fixed train/test split (or one cross-validation fold).
+        segment: ``SegmentSettings`` fields common to every set.
+        set_segment: Per set, fields over ``segment`` (e.g. STEM scales for one set).
+        shapes_per_class: Also score the shape classes on this many simulated micrographs
+            per class (0: skip).
+        shapes_seed: Seed of the simulated shape micrographs.
+        progress: Show a progress bar per set and method.
+
+    Raises:
+        ValueError: ``set_segment`` names a set not in ``sets``; invalid settings (every set's
+            settings are checked before the first image is segmented).
+    """
+    from nanoxtal.tem.segmentation import SegmentSettings, segment_image
+
+    per_set = dict(set_segment or {})
+    names = [name for name, _ in sets]
+    unknown = sorted(set(per_set) - set(names))
+    if unknown:
+        raise ValueError(f"--set-segment names sets not given with --set: {', '.join(unknown)}")
+    chosen_for = {
+        name: SegmentSettings.from_mapping({**(segment or {}), **per_set.get(name, {})})
+        for name in [*names, "shapes"]
+    }
+
+    def predictors(name: str) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        chosen = chosen_for[name]
+        methods = {"baseline": lambda image: segment_image(image, None, chosen)}
+        if model is not None:
+            methods["model"] = lambda image: segment_image(image, model, chosen)
+        return methods
+
+    metrics: dict[str, object] = {}
+    tables = []
+    for name, folder in sets:
+        found, table = evaluate_test_parts({name: folder}, predictors(name), split, progress)
+        metrics |= found
+        tables.append(table)
+    matrices: dict[str, np.ndarray] = {}
+    if shapes_per_class > 0:
+        found, matrices = evaluate_synthetic_shapes(
+            predictors("shapes"), shapes_per_class, shapes_seed
+        )
+        metrics |= found
+    return Evaluation(metrics, pd.concat(tables, ignore_index=True), matrices)
+
+
+def read_folds(folders: Sequence[Path | str]) -> tuple[list[dict], list[pd.DataFrame]]:
+    """The scored folds of a cross-validation: each folder's metrics.json and per_image.csv.
+
+    Raises:
+        ValueError: A folder without both files, or with unreadable ones (named).
+    """
+    import json
+
+    fold_metrics, fold_tables = [], []
+    for folder in map(Path, folders):
+        try:
+            fold_metrics.append(json.loads((folder / "metrics.json").read_text()))
+            table = pd.read_csv(folder / "per_image.csv", dtype={"name": str, "error": object})
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{folder}: not a scored fold ({error})") from error
+        fold_tables.append(table)
+    return fold_metrics, fold_tables

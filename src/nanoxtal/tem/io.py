@@ -217,13 +217,26 @@ def read_image(path: Path | str) -> np.ndarray:
             image; an unsupported pixel type or shape. The message names the file.
     """
     path = Path(path)
-    raw = _read_raw(path)
+    return grey_image(_read_raw(path), path)
+
+
+def grey_image(array: np.ndarray, source: Path | str) -> np.ndarray:
+    """A micrograph held in memory as ``read_image`` reads a file: float32 grey in [0, 1].
+
+    Args:
+        array: Grey (height × width) or RGB(A) pixels of any type ``read_image`` takes.
+        source: What the pixels came from (a file, or a name), for error messages.
+
+    Raises:
+        TemImageError: No pixels, a constant image, an unsupported pixel type or shape.
+    """
+    raw = np.asarray(array)
     if raw.size == 0:
-        raise TemImageError(f"{path}: image has no pixels (shape {raw.shape})")
+        raise TemImageError(f"{source}: image has no pixels (shape {raw.shape})")
     # Scale first (the bit depth is the stored dtype's), then mix colour channels.
-    image = _to_grey(_scale(raw, path), path)
+    image = _to_grey(_scale(raw, Path(source)), Path(source))
     if image.min() == image.max():
-        raise TemImageError(f"{path}: constant image (every pixel is {float(image.flat[0]):g})")
+        raise TemImageError(f"{source}: constant image (every pixel is {float(image.flat[0]):g})")
     return image
 
 

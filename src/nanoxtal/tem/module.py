@@ -303,6 +303,8 @@ def load_segmenter(checkpoint: Path | str, map_location: str = "cpu") -> Segment
     arch = dict(state["hyper_parameters"]["arch"])
     net = build_net(arch.pop("name"), **arch)
     model = Segmenter.load_from_checkpoint(checkpoint, net=net, map_location=map_location)
+    # Measurements name the file their segmenter came from (summary.csv's ``segmenter``).
+    model.source_checkpoint = Path(checkpoint)
     return model.eval()
 
 

@@ -1201,3 +1201,44 @@ def write_micrograph(micrograph: Micrograph, folder: Path | str, name: str) -> d
     with atomic_write(paths["metadata"]) as partial:
         partial.write_text(json.dumps(metadata, indent=2) + "\n")
     return paths
+
+
+def write_batch(
+    settings: MicrographSettings,
+    count: int,
+    seed: int,
+    folder: Path | str,
+    start: int = 0,
+    prefix: str = "synthetic_",
+    progress: bool = False,
+) -> dict[str, object]:
+    """Simulate micrographs ``start`` .. ``start + count − 1`` into ``folder`` with a summary.
+
+    Each micrograph is written by ``write_micrograph`` as ``<prefix><index:05d>``; the batch's
+    summary (seed, range, particle count, settings) goes to
+    ``<prefix><first>-<last>.summary.json``.
+
+    Returns:
+        The summary, as written.
+    """
+    from tqdm.auto import tqdm
+
+    batch = simulate_batch(settings, count, seed, start)
+    particles = 0
+    for index, micrograph in enumerate(
+        tqdm(batch, total=count, desc="simulate", unit="image", disable=not progress), start
+    ):
+        write_micrograph(micrograph, folder, f"{prefix}{index:05d}")
+        particles += len(micrograph.particles)
+    summary = {
+        "seed": seed,
+        "start": start,
+        "count": count,
+        "prefix": prefix,
+        "particles": particles,
+        "settings": asdict(settings),
+    }
+    path = Path(folder) / f"{prefix}{start:05d}-{start + count - 1:05d}.summary.json"
+    with atomic_write(path) as partial:
+        partial.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
