@@ -59,13 +59,13 @@ def checkpoint_stage(path: Path | str) -> Stage:
     Raises:
         ModelError: Not a file, or a file that is no nanoxtal model (the message names it).
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     if path.suffix == ".pkl":
         return "recipes"
+    import torch  # only for checkpoints: recipe models load without it
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         arch = str(state["hyper_parameters"]["arch"]["name"])

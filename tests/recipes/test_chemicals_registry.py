@@ -184,3 +184,26 @@ def test_coverage_of_the_real_data(registry):
     assert share >= 0.98, missing[::-1][:20]
     products = {" ".join(v.split()) for v in raw["Nanocrystal Composition"] if v.strip()}
     assert products <= set(registry["products"])
+
+
+def test_coverage_report_counts_what_the_registry_cannot_resolve():
+    pd = pytest.importorskip("pandas")
+    from nanoxtal.recipes.chemicals import Registry, coverage_report
+
+    table = pd.DataFrame(
+        {
+            "reagents": [["PbO", "OA", "Unobtainium"], ["oleic acid", "Unobtainium"]],
+            "product": ["PbSe", "lead selenide"],
+        }
+    )
+    coverage = coverage_report(table, Registry())
+    report = coverage.report
+    assert report["distinct_reagents"] == 4 and report["occurrences"] == 5
+    assert report["resolved_occurrences"] == 3 and report["resolved_share"] == pytest.approx(0.6)
+    assert report["unresolved"] == [{"name": "Unobtainium", "occurrences": 2}]
+    assert report["by_kind"] == {"inorganic": 1, "molecule": 2}  # OA spelled two ways
+    assert report["products"] == 2
+    [unparsable] = report["unparsable_products"]
+    assert unparsable["product"] == "lead selenide" and unparsable["formula"] is None
+    assert "not a chemical formula" in unparsable["error"]
+    assert coverage.names.set_index("name").loc["oleic acid", "key"] == "OA"

@@ -4,6 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nanoxtal.recipes.chemicals import Registry
+from nanoxtal.recipes.clean import clean_recipes, read_shape_classes, read_sheet
 from nanoxtal.recipes.cli import BASELINE_NAMES, FOREST_NAMES
 from nanoxtal.recipes.design import FORESTS
 from nanoxtal.recipes.evaluate import (
@@ -11,10 +13,12 @@ from nanoxtal.recipes.evaluate import (
     baseline,
     classification_metrics,
     cross_validate,
+    evaluate_models,
     folds,
     leaky_reference,
     summarise,
     uncertainty_metrics,
+    write_evaluation_figures,
 )
 
 
@@ -141,3 +145,59 @@ def test_uncertainty_metrics_on_a_hand_computed_case():
     assert "size_within_2std" in summarise(
         predictions.assign(shape_class=0, predicted_shape_class=0)
     )
+
+
+def test_evaluate_models_scores_every_protocol_and_draws_the_k_fold_ones(tmp_path, workbook):
+    path, shapes = workbook
+    recipes, _, _ = clean_recipes(
+        read_sheet(path), read_shape_classes(shapes), Registry().role_hint
+    )
+    many = pd.concat([recipes] * 8, ignore_index=True)  # the CLI test's table, 40 recipes
+    many["recipe_id"] = range(len(many))
+    many["doi"] = [f"d{i % 4}" for i in range(len(many))]
+    many["reaction_temperature_c"] = 100 + 5 * many.index
+    many["size_nm"] = 2 + 0.2 * many.index
+    lines: list[str] = []
+    result = evaluate_models(
+        many,
+        Registry(),
+        k=2,
+        products=["CdSe"],
+        augment="on",
+        max_variants=2,
+        trees=5,
+        progress=lines.append,
+    )
+    metrics, predictions = result.metrics, result.predictions
+    # The order metrics.json has always had: settings first, then the scores.
+    assert list(metrics)[:8] == [
+        "recipes",
+        "max_size_nm",
+        "folds",
+        "seed",
+        "features",
+        "held_out_products",
+        "environment",
+        "augmentation",
+    ]
+    assert metrics["recipes"] == 40 and metrics["held_out_products"] == ["CdSe"]
+    assert metrics["augmentation"]["augmented_rows"] == len(result.augmented) > 0
+    assert set(predictions["model"]) == {"random_forest+intermediates"}  # "on": no plain run
+    by_protocol = predictions.groupby("protocol")["recipe_id"]
+    assert sorted(by_protocol.get_group("random")) == list(range(40))  # each recipe tested once
+    assert sorted(by_protocol.get_group("doi")) == list(range(40))
+    assert set(many.loc[by_protocol.get_group("product"), "product"]) == {"CdSe"}
+    assert "product/random_forest+intermediates/CdSe/size_mae_nm" in metrics
+    assert metrics["leaky/random_forest/all/size_count"] == 40 + len(result.augmented)
+    assert lines[0].startswith("intermediates: ") and len(lines) == 5  # + 3 protocols + leaky
+    written = write_evaluation_figures(predictions, read_shape_classes(shapes), tmp_path)
+    assert sorted(p.name for p in written) == [
+        f"{kind}_random_forest+intermediates_{protocol}.png"
+        for kind in ("parity", "shape_confusion")
+        for protocol in ("doi", "random")
+    ]
+    assert all(p.is_file() for p in written)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        evaluate_models(many, Registry(), augment="both")
+    with pytest.raises(ValueError, match="needs its settings"):
+        evaluate_models(many, Registry(), models=["transformer"])

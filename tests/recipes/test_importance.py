@@ -4,12 +4,16 @@ import numpy as np
 import pandas as pd
 
 from nanoxtal.recipes.chemicals import Registry
+from nanoxtal.recipes.clean import clean_recipes, read_shape_classes, read_sheet
 from nanoxtal.recipes.featurize import Featurizer
 from nanoxtal.recipes.importance import (
+    ROLE_GROUPS,
     chemical_groups,
     column_groups,
     permutation_importance,
+    recipe_importance,
     role_ranking,
+    write_importance_figures,
 )
 
 
@@ -48,3 +52,28 @@ def test_permutation_importance_finds_the_informative_group():
     assert abs(by_group.loc["solvent", "size_mae_increase_nm"]) < 0.3
     assert role_ranking(result, "shape_accuracy_drop")[0] == "ligand"
     assert by_group.loc["ligand", "shape_accuracy_drop"] > 0.2
+
+
+def test_recipe_importance_ranks_roles_and_chemicals(tmp_path, workbook):
+    path, shapes = workbook
+    recipes, _, _ = clean_recipes(
+        read_sheet(path), read_shape_classes(shapes), Registry().role_hint
+    )
+    many = pd.concat([recipes] * 8, ignore_index=True)
+    many["recipe_id"] = range(len(many))
+    many["reaction_temperature_c"] = 100 + 5 * many.index
+    many["size_nm"] = 2 + 0.2 * many.index  # size follows the temperature only
+    report = recipe_importance(many, Registry(), k=2, repeats=1, trees=20)
+    importances, summary = report.importances, report.summary
+    roles = importances[importances["kind"] == "role"]
+    chemicals = importances[importances["kind"] == "chemical"]
+    assert set(roles["group"]) <= set(ROLE_GROUPS) and len(chemicals) > 0
+    assert importances["size_mae_increase_nm"].is_monotonic_decreasing
+    assert summary["recipes"] == 40
+    assert summary["protocol"] == "random 2-fold, permutation repeats 1"
+    assert summary["size_ranking"][0] == "process"
+    assert sorted(summary["shape_ranking"]) == sorted(roles["group"])
+    assert summary["top_chemicals_size"] == chemicals["group"].head(10).tolist()
+    written = write_importance_figures(importances, tmp_path / "importance.png")
+    assert written == [tmp_path / "importance.png", tmp_path / "importance_shape.png"]
+    assert all(p.is_file() for p in written)

@@ -176,6 +176,54 @@ def product_formula(product: str) -> Composition:
     return composition
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """How much of a recipe table the registry resolves (``coverage_report``).
+
+    Attributes:
+        report: ``distinct_reagents``, ``occurrences``, ``resolved_occurrences``,
+            ``resolved_share`` (0-1), occurrences ``by_kind``, the ``unresolved`` names with
+            their occurrences, the number of distinct ``products`` and the
+            ``unparsable_products`` (``product``, ``formula`` None, ``error``).
+        names: One row per distinct reagent name (``Registry.coverage``).
+    """
+
+    report: dict[str, object]
+    names: pd.DataFrame
+
+
+def coverage_report(recipes: pd.DataFrame, registry: Registry) -> Coverage:
+    """Resolve every reagent and product of a recipe table and count what is left unresolved.
+
+    Args:
+        recipes: Tidy recipes (``reagents`` lists and ``product`` names used).
+        registry: Chemical registry.
+
+    Returns:
+        The summary and the per-name resolution table.
+    """
+    coverage = registry.coverage(name for names in recipes["reagents"] for name in names)
+    unresolved = coverage[coverage["key"].isna()]
+    products = []
+    for product in sorted(set(recipes["product"])):
+        try:
+            products.append({"product": product, "formula": product_formula(product).formula})
+        except ChemicalError as error:
+            products.append({"product": product, "formula": None, "error": str(error)})
+    total = int(coverage["occurrences"].sum())
+    report = {
+        "distinct_reagents": len(coverage),
+        "occurrences": total,
+        "resolved_occurrences": total - int(unresolved["occurrences"].sum()),
+        "resolved_share": 1.0 - float(unresolved["occurrences"].sum()) / max(1, total),
+        "by_kind": coverage.groupby("kind")["occurrences"].sum().astype(int).to_dict(),
+        "unresolved": unresolved[["name", "occurrences"]].to_dict("records"),
+        "products": len(products),
+        "unparsable_products": [p for p in products if p["formula"] is None],
+    }
+    return Coverage(report, coverage)
+
+
 @cache
 def _element_properties(symbol: str) -> np.ndarray:
     element = Element(symbol)

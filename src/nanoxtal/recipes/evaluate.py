@@ -8,12 +8,18 @@ Protocols (folds are recorded with the predictions):
 
 ``leaky_reference`` reproduces, as a diagnostic only, a protocol in which reaction-intermediate
 copies are made before the split, so copies of a test recipe sit in the training part.
+
+``evaluate_models`` runs every model and protocol that ``nanoxtal recipes evaluate`` reports
+(``results/recipes/metrics.json``); ``write_evaluation_figures`` draws its parity plots and
+shape confusion matrices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,10 +34,20 @@ from sklearn.ensemble import (
 )
 from sklearn.model_selection import GroupKFold, KFold
 
-from nanoxtal.metrics import accuracy, macro_f1, regression_metrics
+from nanoxtal.environment import describe
+from nanoxtal.metrics import accuracy, confusion, macro_f1, regression_metrics
+from nanoxtal.plots import confusion_figure, parity_figure
+from nanoxtal.recipes import intermediates
+from nanoxtal.recipes.chemicals import Registry
+from nanoxtal.recipes.featurize import featurize_evaluated
+
+if TYPE_CHECKING:
+    from nanoxtal.recipes.ensemble import EnsemblePlan
 
 PROTOCOLS = ("random", "doi", "product")
 BASELINES = ("random_forest", "extra_trees", "gradient_boosting")
+AUGMENT = ("none", "on", "compare")
+TRANSFORMER = "transformer"
 
 
 @dataclass(frozen=True)
@@ -271,3 +287,219 @@ def uncertainty_metrics(predictions: pd.DataFrame) -> dict[str, float]:
         "within_2std": float(np.mean(error <= 2 * std)),
         "std_error_spearman": float(ranks["std"].corr(ranks["error"])),
     }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Cross-validated scores of recipe models (``evaluate_models``).
+
+    Attributes:
+        metrics: Flat JSON-ready scores: the settings (``recipes``, ``max_size_nm``, ``folds``,
+            ``seed``, ``features``, ``held_out_products``, ``environment``), the
+            ``augmentation`` summary when intermediates are made, then
+            ``<protocol>/<model>/<score>`` (per fold for ``product``) and, for forests trained
+            with intermediates, ``leaky/<model>/{original,all}/<score>``.
+        predictions: Out-of-fold predictions of every model and protocol (``cross_validate``'s
+            columns after ``model`` and ``protocol``).
+        augmented: The augmented recipes (``intermediates.augment``; none when ``augment`` is
+            ``none``).
+    """
+
+    metrics: dict[str, object]
+    predictions: pd.DataFrame
+    augmented: pd.DataFrame
+
+
+def evaluate_models(
+    table: pd.DataFrame,
+    registry: Registry,
+    models: Sequence[str] = ("random_forest",),
+    k: int = 5,
+    seed: int = 42,
+    products: Sequence[str] = (),
+    augment: str = "compare",
+    conversions: Sequence[float] = (1.0, 0.5),
+    max_variants: int = 10,
+    threads: int = 1,
+    trees: int = 300,
+    max_size_nm: float = 20.0,
+    vocabulary: int = 60,
+    plan: EnsemblePlan | None = None,
+    work_dir: Path | str = Path("results/recipes/transformer"),
+    progress: Callable[[str], None] | None = None,
+) -> Evaluation:
+    """Cross-validate size and shape models under every protocol, with and without intermediates.
+
+    Args:
+        table: Tidy recipes (``clean_recipes``); those above ``max_size_nm`` are left out.
+        registry: Chemical registry.
+        models: Names of ``BASELINES`` and/or ``transformer``.
+        k: Folds of the ``random`` and ``doi`` protocols.
+        seed: Seed of folds, models and augmentation.
+        products: Products held out one at a time (``product`` protocol).
+        augment: Reaction-intermediate augmentation of the training folds: ``none``, ``on``
+            or ``compare`` (each model with and without, labelled ``<model>+intermediates``).
+        conversions: Fractions (0-1) of the limiting reagent turned into the intermediate.
+        max_variants: Augmented rows per recipe, at most.
+        threads: Worker threads of the models.
+        trees: Trees / boosting iterations of the baselines.
+        max_size_nm: Largest size (nm) evaluated, as the reference's 20 nm.
+        vocabulary: Most used reagents given their own amount column.
+        plan: Transformer ensemble settings (``ensemble.EnsemblePlan``); needed for
+            ``transformer``.
+        work_dir: Folder of the transformer runs (``<model>/<protocol>/<fold>/member<m>``).
+        progress: Called with one line per model and protocol scored (e.g. ``print``).
+
+    Returns:
+        Metrics, out-of-fold predictions and the augmented recipes.
+
+    Raises:
+        ValueError: Unknown augmentation, a transformer without a plan, or a held-out product
+            without recipes.
+    """
+    if augment not in AUGMENT:
+        raise ValueError(f"unknown augmentation {augment!r}; expected one of {AUGMENT}")
+    if TRANSFORMER in models and plan is None:
+        raise ValueError("evaluating the transformer needs its settings (plan)")
+    report = progress if progress is not None else (lambda line: None)
+    table, featurizer, features = featurize_evaluated(table, registry, max_size_nm, vocabulary)
+    metrics: dict[str, object] = {
+        "recipes": len(table),
+        "max_size_nm": max_size_nm,
+        "folds": k,
+        "seed": seed,
+        "features": len(featurizer.columns),
+        "held_out_products": list(products),
+        "environment": describe(),
+    }
+    # (label suffix, augmented rows, their features) per training-data variant compared.
+    variants: list[tuple[str, pd.DataFrame | None, pd.DataFrame | None]] = []
+    if augment in ("none", "compare"):
+        variants.append(("", None, None))
+    if augment in ("on", "compare"):
+        augmented = intermediates.augment(table, registry, conversions, max_variants, seed)
+        summary = intermediates.summary(table, augmented)
+        metrics["augmentation"] = summary | {
+            "conversions": list(conversions),
+            "max_variants": max_variants,
+        }
+        report(
+            f"intermediates: {len(augmented)} augmented rows from "
+            f"{augmented['source_id'].nunique()} recipes "
+            f"(expansion {summary['expansion_factor']:.2f}x)"
+        )
+        variants.append(("+intermediates", augmented, featurizer.transform(augmented)))
+    else:
+        augmented = table.iloc[:0].assign(source_id=[], reactions=[])  # none: an empty table
+    predictions = []
+    for model in models:
+        for suffix, extra, extra_features in variants:
+            label = f"{model}{suffix}"
+            for protocol in PROTOCOLS:
+                if model == TRANSFORMER:
+                    from nanoxtal.recipes.ensemble import cross_validate_transformer
+
+                    result = cross_validate_transformer(
+                        table,
+                        protocol,
+                        Path(work_dir) / label,
+                        plan,
+                        k,
+                        seed,
+                        products,
+                        registry,
+                        extra,
+                        threads,
+                    )
+                else:
+                    result = cross_validate(
+                        table,
+                        features,
+                        protocol,
+                        model,
+                        k,
+                        seed,
+                        products,
+                        threads,
+                        trees,
+                        extra,
+                        extra_features,
+                    )
+                result.insert(0, "model", label)
+                result.insert(1, "protocol", protocol)
+                predictions.append(result)
+                scores = summarise(result, by_fold=protocol == "product")
+                if protocol != "product":
+                    scores |= summarise(result)
+                metrics |= {f"{protocol}/{label}/{key}": value for key, value in scores.items()}
+                report(
+                    f"{label} {protocol}: "
+                    + ", ".join(
+                        f"{key} {value:.3f}"
+                        for key, value in scores.items()
+                        if key.endswith(("mae_nm", "accuracy"))
+                    )
+                )
+            if extra is not None and model != TRANSFORMER:
+                # The reference's figures are reproduced by this leaky protocol, not by ours.
+                pooled = leaky_reference(
+                    table, features, extra, extra_features, model, k, seed, threads, trees
+                )
+                for rows, scores in (
+                    ("original", summarise(pooled[pooled["original"]])),
+                    ("all", summarise(pooled)),
+                ):
+                    metrics |= {f"leaky/{model}/{rows}/{key}": v for key, v in scores.items()}
+                report(
+                    f"{model} leaky (augmented before the split, diagnostic): "
+                    + ", ".join(
+                        f"{key} {metrics[f'leaky/{model}/original/{key}']:.3f}"
+                        for key in ("size_mae_nm", "shape_accuracy")
+                    )
+                )
+    return Evaluation(metrics, pd.concat(predictions, ignore_index=True), augmented)
+
+
+def write_evaluation_figures(
+    predictions: pd.DataFrame, shape_names: Sequence[str], folder: Path | str
+) -> list[Path]:
+    """Parity plot of the sizes and shape confusion matrix of each model's k-fold protocols.
+
+    Args:
+        predictions: ``Evaluation.predictions`` (the ``product`` protocol is not drawn: one
+            product per fold).
+        shape_names: Shape class names, by class index.
+        folder: Where ``parity_<model>_<protocol>.png`` and
+            ``shape_confusion_<model>_<protocol>.png`` go.
+
+    Returns:
+        The figures written.
+    """
+    folder = Path(folder)
+    written = []
+    for (label, protocol), result in predictions.groupby(["model", "protocol"], sort=False):
+        if protocol == "product":
+            continue
+        count = result["fold"].nunique()
+        written.append(
+            parity_figure(
+                result["size_nm"],
+                result["predicted_size_nm"],
+                f"{label}, {protocol} {count}-fold",
+                folder / f"parity_{label}_{protocol}.png",
+            )
+        )
+        matrix = confusion(
+            result["shape_class"].to_numpy(dtype=int),
+            result["predicted_shape_class"].to_numpy(dtype=int),
+            len(shape_names),
+        )
+        written.append(
+            confusion_figure(
+                matrix,
+                shape_names,
+                f"shape, {label}, {protocol} {count}-fold",
+                folder / f"shape_confusion_{label}_{protocol}.png",
+            )
+        )
+    return written

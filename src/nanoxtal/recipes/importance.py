@@ -8,22 +8,33 @@ Groups are roles (product composition, cation and anion precursors, ligands, sol
 agents, other, process conditions) and single chemicals (the amount column of each frequent
 reagent). The reference ordering to compare with (Gu et al., arXiv 2412.10838): composition >
 precursors and ligands > solvent.
+
+``recipe_importance`` scores both groupings of a tidy table (``nanoxtal recipes importance``);
+``write_importance_figures`` draws them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from nanoxtal.plots import importance_figure
 from nanoxtal.recipes.chemicals import Registry
 from nanoxtal.recipes.clean import ROLES
 from nanoxtal.recipes.evaluate import baseline, folds
-from nanoxtal.recipes.featurize import PROCESS_FEATURES
+from nanoxtal.recipes.featurize import PROCESS_FEATURES, featurize_evaluated
 
 ROLE_GROUPS = ("composition", *ROLES, "process")
 CHEMICAL_PREFIX = "mmol_"
+# The reference's ordering of the roles (Gu et al.), reported beside ours.
+REFERENCE_RANKING = ("composition", "precursor/ligand", "solvent")
+# Chemicals shown in the bar charts and named in the summary, most important first.
+TOP_CHEMICALS_FIGURE = 15
+TOP_CHEMICALS_SUMMARY = 10
 
 
 def column_groups(columns: Sequence[str], registry: Registry) -> dict[str, list[int]]:
@@ -128,3 +139,114 @@ def role_ranking(importance: pd.DataFrame, metric: str = "size_mae_increase_nm")
     """Role groups from most to least important by ``metric``."""
     roles = importance[importance["group"].isin(ROLE_GROUPS)]
     return roles.sort_values(metric, ascending=False)["group"].tolist()
+
+
+@dataclass(frozen=True)
+class ImportanceReport:
+    """Importance of recipe parts by role and by chemical (``recipe_importance``).
+
+    Attributes:
+        importances: ``permutation_importance``'s table over the role and the chemical groups
+            together, with ``kind`` (``role`` or ``chemical``); most important for size first.
+        summary: ``recipes`` scored, ``protocol``, ``seed``, the role rankings by size
+            (``size_ranking``) and shape (``shape_ranking``), the ``reference_ranking`` and the
+            ``top_chemicals_size``.
+    """
+
+    importances: pd.DataFrame
+    summary: dict[str, object]
+
+
+def recipe_importance(
+    table: pd.DataFrame,
+    registry: Registry,
+    model: str = "extra_trees",
+    k: int = 5,
+    repeats: int = 3,
+    seed: int = 42,
+    threads: int = 1,
+    trees: int = 300,
+    max_size_nm: float = 20.0,
+    vocabulary: int = 60,
+) -> ImportanceReport:
+    """Grouped permutation importance of the roles and the frequent chemicals of recipes.
+
+    Args:
+        table: Tidy recipes (``clean_recipes``); those above ``max_size_nm`` are left out.
+        registry: Chemical registry.
+        model: A name of ``evaluate.BASELINES``.
+        k: Folds of the ``random`` protocol.
+        repeats: Permutations per group and fold.
+        seed: Seed of folds, models and permutations.
+        threads: Worker threads of the models.
+        trees: Trees / boosting iterations.
+        max_size_nm: Largest size (nm) evaluated, as the reference's 20 nm.
+        vocabulary: Most used reagents given their own amount column (the chemical groups).
+
+    Returns:
+        The importances and their summary.
+    """
+    table, featurizer, features = featurize_evaluated(table, registry, max_size_nm, vocabulary)
+    roles = column_groups(featurizer.columns, registry)
+    # One set of forests per fold scores both groupings (no chemical is named like a role).
+    result = permutation_importance(
+        table,
+        features,
+        roles | chemical_groups(featurizer.columns),
+        model=model,
+        k=k,
+        repeats=repeats,
+        seed=seed,
+        threads=threads,
+        trees=trees,
+    )
+    result["kind"] = np.where(result["group"].isin(list(roles)), "role", "chemical")
+    by_role = result[result["kind"] == "role"]
+    chemicals = result[result["kind"] == "chemical"]
+    summary = {
+        "recipes": len(table),
+        "protocol": f"random {k}-fold, permutation repeats {repeats}",
+        "seed": seed,
+        "size_ranking": role_ranking(by_role, "size_mae_increase_nm"),
+        "shape_ranking": role_ranking(by_role, "shape_accuracy_drop"),
+        "reference_ranking": list(REFERENCE_RANKING),
+        "top_chemicals_size": chemicals["group"].head(TOP_CHEMICALS_SUMMARY).tolist(),
+    }
+    return ImportanceReport(result, summary)
+
+
+def write_importance_figures(importances: pd.DataFrame, path: Path | str) -> list[Path]:
+    """Bar charts of ``recipe_importance``'s table: by role and by chemical (top 15).
+
+    Args:
+        importances: ``ImportanceReport.importances``.
+        path: The size chart (e.g. ``importance.png``); the shape chart goes beside it with
+            ``_shape`` added to the name (``importance_shape.png``).
+
+    Returns:
+        The size and the shape chart.
+    """
+    path = Path(path)
+    roles = importances[importances["kind"] == "role"]
+    chemicals = importances[importances["kind"] == "chemical"]
+    written = []
+    for metric, label, target in (
+        ("size_mae_increase_nm", "size MAE increase (nm)", path),
+        (
+            "shape_accuracy_drop",
+            "shape accuracy drop",
+            path.with_name(f"{path.stem}_shape{path.suffix}"),
+        ),
+    ):
+        top = chemicals.sort_values(metric, ascending=False).head(TOP_CHEMICALS_FIGURE)
+        panels = [
+            ("by role", roles["group"].tolist(), roles[metric], roles[f"{metric}_std"]),
+            (
+                f"by chemical (top {TOP_CHEMICALS_FIGURE})",
+                top["group"].tolist(),
+                top[metric],
+                top[f"{metric}_std"],
+            ),
+        ]
+        written.append(importance_figure(panels, label, target))
+    return written
