@@ -1,14 +1,24 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
+import torch
 from pymatgen.core import Lattice, Structure
 
+from nanoxtal import xrd
 from nanoxtal.cli import main
 from nanoxtal.xrd.datamodule import load_sticks
 from nanoxtal.xrd.diffraction import PEAK_COLUMNS, stick_pattern
+from nanoxtal.xrd.library import build_library
+from nanoxtal.xrd.module import XrdClassifier
+from nanoxtal.xrd.nets import build_net
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def rock_salt() -> Structure:
@@ -168,3 +178,72 @@ def test_train_names_an_unknown_setting(tmp_path, capsys):
     args += ["--peaks", str(tmp_path / "p.parquet"), "--out-dir", str(tmp_path / "out")]
     assert main([*args, "--settings", '{"epochz": 3}']) != 0
     assert "unknown XRD training setting 'epochz'" in capsys.readouterr().err
+
+
+def save_tiny_classifier(path):
+    """An untrained (but fixed) classifier saved as the checkpoints training writes."""
+    torch.manual_seed(0)
+    arch = {"name": "xrdnet", "width": 8, "hidden": 32}
+    model = XrdClassifier(build_net(**arch), arch)
+    state = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": pl.__version__,
+    }
+    torch.save(state, path)
+
+
+def write_rock_salt_xy(path):
+    pattern = xrd.render(xrd.simulate(rock_salt())).iloc[0]
+    path.write_text("\n".join(f"{t:.2f} {100 * y:.4f}" for t, y in pattern.items()) + "\n")
+
+
+def test_predict_uses_the_published_model_and_library_by_default(tmp_path, monkeypatch, capsys):
+    models = tmp_path / "results" / "xrd" / "models"
+    models.mkdir(parents=True)
+    save_tiny_classifier(models / "best.ckpt")
+    write_rock_salt_xy(tmp_path / "nacl.xy")
+    monkeypatch.chdir(tmp_path)
+    alone = xrd.predict(["nacl.xy"], model=models / "best.ckpt", library=False)
+
+    assert main(["xrd", "predict", "nacl.xy", "--out", "alone.csv"]) == 0
+    out = capsys.readouterr().out
+    assert "model: results/xrd/models/best.ckpt (published by the workflow)\n" in out
+    assert "library: none (none published at results/xrd/models/library.npz)\n" in out
+    assert (tmp_path / "alone.csv").read_text() == alone.to_csv(index=False)
+
+    rng = np.random.default_rng(0)
+    library = build_library(rng.random((6, 8500)), rng.integers(0, 7, 6), rng.integers(1, 231, 6))
+    library.save(models / "library.npz")
+    assert main(["xrd", "predict", "nacl.xy", "--out", "library.csv"]) == 0
+    out = capsys.readouterr().out
+    assert "library: results/xrd/models/library.npz (published by the workflow)\n" in out
+    written = (tmp_path / "library.csv").read_text()
+    assert "library_similarity" in written.splitlines()[0]
+    expected = xrd.predict(["nacl.xy"], model=models / "best.ckpt", library=models / "library.npz")
+    assert written == expected.to_csv(index=False)
+
+    # --no-library: the model alone, as the workflow's xrd_predict_measured wants it.
+    args = ["xrd", "predict", "nacl.xy", "--model", str(models / "best.ckpt"), "--no-library"]
+    assert main([*args, "--out", "none.csv"]) == 0
+    out = capsys.readouterr().out
+    assert f"model: {models / 'best.ckpt'}\n" in out and "library: none\n" in out
+    assert (tmp_path / "none.csv").read_text() == alone.to_csv(index=False)
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--library", "results/xrd/models/library.npz", "--out", "x.csv"])
+    assert exited.value.code == 2
+    rule = (REPO / "workflow" / "rules" / "xrd.smk").read_text()
+    predict_rule = rule[rule.index("rule xrd_predict_measured:") :]
+    assert "--model {input.model:q} --no-library" in predict_rule
+
+
+def test_predict_without_a_published_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+    write_rock_salt_xy(tmp_path / "nacl.xy")
+    monkeypatch.chdir(tmp_path)
+    assert main(["xrd", "predict", "nacl.xy", "--out", "p.csv"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nanoxtal: error: no XRD model given and none published at ")
+    assert "`snakemake --cores 2 results/xrd/models/best.ckpt`" in err and "--model" in err
+    assert main(["xrd", "predict", "nacl.xy", "--model", "nope.ckpt", "--out", "p.csv"]) == 1
+    assert "nope.ckpt: no such model file" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()

@@ -239,4 +239,4 @@ rule xrd_predict_measured:
         "../../envs/xrd.yaml"
     shell:
         "nanoxtal xrd predict $(find {input.patterns:q} -name '*.xy' -o -name '*.xrdml' | sort)"
-        " --model {input.model:q} --out {output:q} > {log:q} 2>&1"
+        " --model {input.model:q} --no-library --out {output:q} > {log:q} 2>&1"

@@ -56,6 +56,10 @@ class StickSet:
         )
 
 
+# The peak-table columns rendering needs (of ``nanoxtal.xrd.diffraction.PEAK_COLUMNS``).
+STICK_COLUMNS = ["id", "h", "k", "l", "d", "intensity"]
+
+
 def load_sticks(
     structures: Path | str | Sequence[Path | str], peaks: Path | str, min_intensity: float = 0.05
 ) -> tuple[StickSet, np.ndarray]:
@@ -76,25 +80,40 @@ def load_sticks(
     if table["id"].duplicated().any():
         duplicated = table.loc[table["id"].duplicated(), "id"].iloc[0]
         raise ValueError(f"structure id {duplicated!r} appears twice in {[str(p) for p in paths]}")
-    peak_table = pd.read_parquet(peaks, columns=["id", "h", "k", "l", "d", "intensity"])
-    peak_table = peak_table[peak_table["intensity"] >= min_intensity]
-    peak_table = peak_table[peak_table["id"].isin(set(table["id"]))]
-    codes = pd.Categorical(peak_table["id"], categories=table["id"])
+    peak_table = pd.read_parquet(peaks, columns=STICK_COLUMNS)
+    return join_sticks(table, peak_table, min_intensity), table["split"].to_numpy()
+
+
+def join_sticks(table: pd.DataFrame, peaks: pd.DataFrame, min_intensity: float = 0.05) -> StickSet:
+    """The stick patterns of the structures of ``table``, in its order.
+
+    Args:
+        table: One row per structure: ``id``, ``space_group``, ``crystal_system`` and
+            ``lattice`` (9 components of the lattice vectors as rows, Å).
+        peaks: Peak table (``nanoxtal.xrd.diffraction.peak_table``): ``id, h, k, l, d``
+            (Å) and ``intensity`` (of 100); peaks of other structures are ignored.
+        min_intensity: Peaks weaker than this (of 100) are dropped: invisible once rendered.
+
+    Returns:
+        The stick set; a structure without peaks has empty sticks.
+    """
+    peaks = peaks[peaks["intensity"] >= min_intensity]
+    peaks = peaks[peaks["id"].isin(set(table["id"]))]
+    codes = pd.Categorical(peaks["id"], categories=table["id"])
     order = np.argsort(codes.codes, kind="stable")
     sorted_codes = codes.codes[order]
     bounds = np.searchsorted(sorted_codes, np.arange(len(table) + 1))
-    d = peak_table["d"].to_numpy()[order]
-    intensity = peak_table["intensity"].to_numpy()[order]
-    hkl = peak_table[["h", "k", "l"]].to_numpy()[order]
+    d = peaks["d"].to_numpy()[order]
+    intensity = peaks["intensity"].to_numpy()[order]
+    hkl = peaks[["h", "k", "l"]].to_numpy()[order]
     sticks = [(d[a:b], intensity[a:b], hkl[a:b]) for a, b in itertools.pairwise(bounds)]
-    stick_set = StickSet(
+    return StickSet(
         ids=table["id"].to_numpy(),
         sticks=sticks,
         lattices=np.stack(table["lattice"].to_numpy()).reshape(-1, 3, 3),
         crystal_system=table["crystal_system"].to_numpy(),
         space_group=table["space_group"].to_numpy(),
     )
-    return stick_set, table["split"].to_numpy()
 
 
 class _Indices(Dataset):
@@ -157,6 +176,38 @@ class RenderCollate:
             "crystal_system": torch.as_tensor(self.data.crystal_system[indices], dtype=torch.long),
             "space_group": torch.as_tensor(self.data.space_group[indices], dtype=torch.long),
         }
+
+
+def render_sticks(
+    data: StickSet,
+    renderer: Renderer,
+    augmentation: Augmentation,
+    seed: int,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Render every structure of ``data`` once, with effects seeded per batch.
+
+    The batches are those of a fixed-seed ``RenderCollate``: the same structures, seed and
+    batch size give the same patterns every time.
+
+    Args:
+        data: The structures.
+        renderer: Renders sticks onto its grid.
+        augmentation: Effects drawn for every pattern (``Augmentation.clean()``: none).
+        seed: Seed of the effects.
+        batch_size: Structures rendered at once (memory: 8,500 floats a pattern and more).
+
+    Returns:
+        (len(data), grid points) patterns, each max-normalised to 1.
+    """
+    collate = RenderCollate(data, renderer, augmentation, seed, fixed=True)
+    batches = [
+        collate(list(range(i, min(i + batch_size, len(data)))))["pattern"]
+        for i in range(0, len(data), batch_size)
+    ]
+    if not batches:
+        return np.zeros((0, renderer.grid.points), dtype=np.float32)
+    return torch.cat(batches).numpy()
 
 
 class XrdDataModule(pl.LightningDataModule):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from nanoxtal.metrics import (
     top_k_accuracy,
 )
 from nanoxtal.plots import attribution_figure, confusion_figure, reliability_figure
-from nanoxtal.xrd.datamodule import RenderCollate, StickSet, XrdDataModule
-from nanoxtal.xrd.io import PatternReadError, read_patterns, to_grid
+from nanoxtal.xrd.datamodule import RenderCollate, StickSet, XrdDataModule, render_sticks
+from nanoxtal.xrd.io import Measured, read_files, to_grid
 from nanoxtal.xrd.library import (
     Library,
     build_library,
@@ -148,15 +149,8 @@ def render_split(
     subset = data.subset(name)
     if rows is not None:
         subset = subset.subset(rows)
-    collate = RenderCollate(subset, data.renderer, augmentation, seed, fixed=True)
-    batches = [
-        collate(list(range(i, min(i + 256, len(subset))))) for i in range(0, len(subset), 256)
-    ]
-    return (
-        torch.cat([b["pattern"] for b in batches]).numpy(),
-        subset.crystal_system,
-        subset.space_group,
-    )
+    patterns = render_sticks(subset, data.renderer, augmentation, seed)
+    return patterns, subset.crystal_system, subset.space_group
 
 
 def nearest_rendered(
@@ -449,24 +443,45 @@ def predict_files(
             (``nanoxtal.xrd.library``): a close match shifts the probabilities to its labels.
 
     Returns:
+        The predictions (``predict_patterns``; an empty table when no file could be read) and
+        the error messages of the files that could not be read.
+    """
+    patterns, errors = read_files(inputs)
+    table = predict_patterns(model, patterns, assumed_wavelength, min_confidence, library)
+    return table, [str(error) for error in errors]
+
+
+def predict_patterns(
+    model: XrdClassifier,
+    patterns: Sequence[Measured],
+    assumed_wavelength: float | None = None,
+    min_confidence: float = 0.0,
+    library: Library | None = None,
+) -> pd.DataFrame:
+    """Crystal system and space group of measured patterns, moved onto the model grid first.
+
+    Args:
+        model: The classifier.
+        patterns: The patterns (``to_grid`` resamples and scales each).
+        assumed_wavelength: Wavelength (Å) of patterns that do not state theirs (default: the
+            model's, Cu Kα).
+        min_confidence: Below this space-group probability the prediction is marked abstained.
+        library: Labelled measured patterns searched beside the model
+            (``nanoxtal.xrd.library``): a close match shifts the probabilities to its labels.
+
+    Returns:
         One row per pattern (``source, index, crystal_system, space_group, p_crystal_system,
         p_space_group``, top-5 space groups with probabilities, coverage, abstained; with a
-        library also its nearest pattern's space group and cosine similarity) and the error
-        messages of the files that could not be read.
+        library also its nearest pattern's space group and cosine similarity); an empty table
+        (no columns) when there are no patterns.
     """
-    rows, errors, grids = [], [], []
-    for path in inputs:
-        try:
-            measured = read_patterns(path)
-        except PatternReadError as error:
-            errors.append(str(error))
-            continue
-        for pattern in measured:
-            grid, coverage = to_grid(pattern, assumed_wavelength=assumed_wavelength)
-            grids.append(grid)
-            rows.append({"source": pattern.source, "index": pattern.index, "coverage": coverage})
+    rows, grids = [], []
+    for pattern in patterns:
+        grid, coverage = to_grid(pattern, assumed_wavelength=assumed_wavelength)
+        grids.append(grid)
+        rows.append({"source": pattern.source, "index": pattern.index, "coverage": coverage})
     if not rows:
-        return pd.DataFrame(), errors
+        return pd.DataFrame()
     grids = np.stack(grids)
     p_cs, p_sg = probabilities(model, grids)
     if library is not None:
@@ -487,4 +502,29 @@ def predict_files(
         row["abstained"] = row["p_space_group"] < min_confidence
     table = pd.DataFrame(rows)
     leading = list(PREDICTION_COLUMNS)
-    return table[leading + [c for c in table.columns if c not in leading]], errors
+    return table[leading + [c for c in table.columns if c not in leading]]
+
+
+def model_specs(specs: Iterable[str]) -> dict[str, dict[str, Path]]:
+    """Models to evaluate from ``NAME=SYNTHETIC,FINETUNED`` specifications.
+
+    Returns:
+        Per name: ``{"synthetic": checkpoint, "finetuned": checkpoint}`` (``evaluate_models``).
+    """
+    models = {}
+    for spec in specs:
+        name, _, paths = spec.partition("=")
+        synthetic, _, finetuned = paths.partition(",")
+        models[name] = {"synthetic": Path(synthetic), "finetuned": Path(finetuned)}
+    return models
+
+
+def single_phase_set(folder: Path | str) -> tuple[list[Path], Path]:
+    """Measured single-phase files of a folder and their reference CIFs.
+
+    Returns:
+        The folder's ``<formula>.xy`` files, sorted, and its ``references`` folder of CIFs:
+        ``evaluate_models``' ``single_phase``.
+    """
+    folder = Path(folder)
+    return sorted(folder.glob("*.xy")), folder / "references"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +183,22 @@ def read_patterns(path: Path | str) -> list[Measured]:
     raise PatternReadError(
         f"{path}: unknown pattern format {suffix!r} (use {', '.join(TEXT_SUFFIXES)}, .xrdml, .npz)"
     )
+
+
+def read_files(paths: Iterable[Path | str]) -> tuple[list[Measured], list[PatternReadError]]:
+    """All patterns of many files, in order; a file that cannot be read does not stop the rest.
+
+    Returns:
+        The patterns of the readable files, and the error of each other file (naming it).
+    """
+    patterns: list[Measured] = []
+    errors: list[PatternReadError] = []
+    for path in paths:
+        try:
+            patterns.extend(read_patterns(path))
+        except PatternReadError as error:
+            errors.append(error)
+    return patterns, errors
 
 
 def convert_two_theta(two_theta: np.ndarray, source: float, target: float) -> np.ndarray:

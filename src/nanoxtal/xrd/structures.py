@@ -9,10 +9,11 @@ returned as rejects with the reason, never dropped silently.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,8 @@ from pyxtal import pyxtal as PyXtal
 from pyxtal.msg import Comp_CompatibilityError
 from pyxtal.symmetry import Group
 from tqdm.auto import tqdm
+
+from nanoxtal.xrd.diffraction import SimulationError, SiteArrays
 
 CRYSTAL_SYSTEMS = (
     "triclinic",
@@ -85,8 +88,18 @@ def _sources_from_csv(path: Path) -> Iterator[Source]:
     if "cif" not in table.columns:
         yield Source(str(path), None, f"no 'cif' column (columns: {list(table.columns)})")
         return
+    yield from sources_from_table(table, [f"{path.name}:{i}" for i in range(len(table))])
+
+
+def sources_from_table(table: pd.DataFrame, default_ids: Sequence[str]) -> Iterator[Source]:
+    """Structures of a table with a ``cif`` column, named by its ``material_id`` or ``id``.
+
+    Args:
+        table: One structure per row; a ``cif`` column of CIF texts.
+        default_ids: The names of the rows when the table has neither id column.
+    """
     ids = next((table[c] for c in ("material_id", "id") if c in table.columns), None)
-    ids = ids.astype(str) if ids is not None else [f"{path.name}:{i}" for i in range(len(table))]
+    ids = ids.astype(str) if ids is not None else default_ids
     for entry_id, cif in zip(ids, table["cif"], strict=True):
         if isinstance(cif, str) and cif.strip():
             yield Source(entry_id, cif)
@@ -138,6 +151,84 @@ def parse_cif(text: str) -> Structure:
     if not structures:
         raise StructureError("invalid CIF: no structure in it")
     return structures[0]
+
+
+# What ``simulation_inputs`` reads: structures, paths, or a table of either kind.
+StructureInput = Structure | Path | str | pd.DataFrame
+StructureInputs = StructureInput | Sequence[StructureInput] | Mapping[str, Structure]
+# A structure ready for ``stick_pattern``, or the reason there is none.
+Simulable = Structure | SiteArrays | str
+SITE_COLUMNS = ("id", "lattice", "species", "frac_coords")
+
+
+def simulation_inputs(structures: StructureInputs) -> Iterator[tuple[str, Simulable]]:
+    """Every structure of the inputs, ready to simulate, or the reason it cannot be.
+
+    Args:
+        structures: A pymatgen ``Structure``; a path (CIF file, folder of CIFs, CSV(.gz) with
+            a ``cif`` column, or a structure table ``.parquet``); a DataFrame with a ``cif``
+            column or with the structure table's ``id, lattice, species, frac_coords``; a
+            dict of id -> ``Structure``; or a list of structures and paths.
+
+    Yields:
+        (id, item): ``item`` is a ``Structure``, a ``SiteArrays`` (structure tables: no
+        pymatgen object is built) or, for an input that cannot be used, the reason as a
+        string. A ``Structure`` given as such is named by its reduced formula, repeats by a
+        ``_2``, ``_3``... suffix in order; CSV rows without an id column by ``<file>:<row>``,
+        DataFrame rows by their index.
+
+    Raises:
+        OSError: A structure table ``.parquet`` that cannot be read.
+    """
+    if isinstance(structures, Mapping):
+        yield from ((str(key), value) for key, value in structures.items())
+        return
+    items = (
+        [structures]
+        if isinstance(structures, Structure | Path | str | pd.DataFrame)
+        else list(structures)
+    )
+    seen: dict[str, int] = {}
+    for item in items:
+        if isinstance(item, Structure):
+            formula = item.composition.reduced_formula
+            seen[formula] = seen.get(formula, 0) + 1
+            yield (formula if seen[formula] == 1 else f"{formula}_{seen[formula]}"), item
+        elif isinstance(item, pd.DataFrame):
+            yield from _table_inputs(item)
+        elif Path(item).suffix == ".parquet":
+            yield from _table_inputs(pd.read_parquet(item, columns=list(SITE_COLUMNS)))
+        else:
+            yield from _parsed(read_sources([item]))
+
+
+def _table_inputs(table: pd.DataFrame) -> Iterator[tuple[str, Simulable]]:
+    """A structure table's rows as ``SiteArrays``, or a table of CIFs' rows parsed."""
+    if "cif" in table.columns:
+        yield from _parsed(sources_from_table(table, [str(i) for i in table.index]))
+        return
+    missing = [c for c in SITE_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"a structure table needs a 'cif' column or {list(SITE_COLUMNS)}; lacks {missing}"
+        )
+    for row in table.itertuples(index=False):
+        try:
+            yield row.id, SiteArrays.from_ordered(row.lattice, row.species, row.frac_coords)
+        except SimulationError as error:
+            yield row.id, str(error)
+
+
+def _parsed(sources: Iterable[Source]) -> Iterator[tuple[str, Simulable]]:
+    """Each source's structure, or why it has none."""
+    for source in sources:
+        if source.error is not None:
+            yield source.id, source.error
+            continue
+        try:
+            yield source.id, parse_cif(source.cif)
+        except StructureError as error:
+            yield source.id, str(error)
 
 
 @dataclass(frozen=True)
@@ -285,6 +376,64 @@ def build_table(
     table = pd.DataFrame(good, columns=[c for c in TABLE_COLUMNS if c != "split"])
     table.insert(4, "split", split_by_formula(list(table["formula"]), fractions, seed))
     return table, rejects
+
+
+T = TypeVar("T")
+
+
+def random_subset(items: Sequence[T], size: int | None, seed: int) -> list[T]:
+    """A seeded random subset of ``size`` items, in their order.
+
+    All items when ``size`` is None or not smaller than their number.
+    """
+    items = list(items)
+    if size is None or len(items) <= size:
+        return items
+    chosen = np.sort(np.random.default_rng(seed).choice(len(items), size, replace=False))
+    return [items[i] for i in chosen]
+
+
+def table_summary(
+    structures_read: int,
+    table: pd.DataFrame,
+    rejects: pd.DataFrame,
+    fractions: Sequence[float],
+    seed: int,
+    symprec: float,
+    angle_tolerance: float,
+) -> dict[str, Any]:
+    """What ``build_table`` kept and why it rejected the rest, with its settings.
+
+    Args:
+        structures_read: Structures given to ``build_table``.
+        table: Its structure table.
+        rejects: Its rejects.
+        fractions: Its train/val/test shares.
+        seed: Its seed.
+        symprec: Its spglib distance tolerance, Å.
+        angle_tolerance: Its spglib angle tolerance, degrees.
+
+    Returns:
+        Counts (kept, rejected, reasons by their first word, per split, per crystal system,
+        distinct space groups) and the settings, as JSON-ready values.
+    """
+    return {
+        "structures_read": structures_read,
+        "kept": len(table),
+        "rejected": len(rejects),
+        "reject_reasons": rejects["reason"].str.split(":").str[0].value_counts().to_dict(),
+        "seed": seed,
+        "split_fractions": list(fractions),
+        "split_by": "reduced formula",
+        "symprec": symprec,
+        "angle_tolerance": angle_tolerance,
+        "per_split": table["split"].value_counts().to_dict(),
+        "space_groups_present": int(table["space_group"].nunique()),
+        "per_crystal_system": {
+            CRYSTAL_SYSTEMS[k]: int(v)
+            for k, v in table["crystal_system"].value_counts().sort_index().items()
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -463,3 +612,37 @@ def fill_space_groups(
     crystals = pd.DataFrame(good, columns=[c for c in TABLE_COLUMNS if c != "split"])
     crystals.insert(4, "split", "train")
     return crystals, rejects
+
+
+def random_summary(
+    table: pd.DataFrame,
+    crystals: pd.DataFrame,
+    unfilled: pd.DataFrame,
+    settings: RandomCrystalSettings,
+    seed: int,
+) -> dict[str, Any]:
+    """What ``fill_space_groups`` added to a structure table, with its settings.
+
+    Args:
+        table: The structure table it filled.
+        crystals: Its random crystals.
+        unfilled: Its places not filled.
+        settings: Its settings.
+        seed: Its seed.
+
+    Returns:
+        Counts of crystals, unfilled places and space groups filled, and how many space
+        groups the training split covers before and after (of 230), as JSON-ready values.
+    """
+    train_groups = set(table.loc[table["split"] == "train", "space_group"])
+    return {
+        "seed": seed,
+        "per_group": settings.per_group,
+        "max_species": settings.max_species,
+        "max_atoms": settings.max_atoms,
+        "crystals": len(crystals),
+        "unfilled": len(unfilled),
+        "space_groups_filled": int(crystals["space_group"].nunique()),
+        "space_groups_in_train_before": len(train_groups),
+        "space_groups_in_train_after": len(train_groups | set(crystals["space_group"])),
+    }
