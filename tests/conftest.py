@@ -32,6 +32,34 @@ def tiny_lightning() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def save_checkpoint():
+    """Write a LightningModule as training writes its checkpoints (weights, hyperparameters,
+    Lightning version), for tests that need a saved model without training one."""
+    import pytorch_lightning as pl
+    import torch
+
+    def save(model: pl.LightningModule, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        }
+        torch.save(state, path)
+        return path
+
+    return save
+
+
+@pytest.fixture
+def outside_repository(tmp_path, monkeypatch) -> Path:
+    """Run in an empty folder: no workflow has published a model in its ``results/`` (the
+    jobs' default model), unless the test publishes one there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data root (../shared/data), as CI provides it."""
     if not SHARED_DATA.is_dir():

@@ -3,7 +3,6 @@ from __future__ import annotations
 import pickle
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 import nanoxtal
@@ -21,20 +20,8 @@ from nanoxtal.xrd.module import XrdClassifier
 from nanoxtal.xrd.nets import XrdNet
 
 
-def save_checkpoint(model: pl.LightningModule, path):
-    """A checkpoint as Lightning writes one: weights, hyperparameters, version."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
-        "pytorch-lightning_version": pl.__version__,
-    }
-    torch.save(state, path)
-    return path
-
-
 @pytest.fixture
-def results(tmp_path):
+def results(tmp_path, save_checkpoint):
     """A results folder with a TEM and an XRD model published as the workflow does."""
     torch.manual_seed(0)
     tem_arch = {"width": 8, "depth": 3, "stem": 1}

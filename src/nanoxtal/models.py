@@ -183,8 +183,8 @@ def choose_model(
         results: The workflow's results folder searched when ``model`` is None.
 
     Returns:
-        The model (None when there is none: the caller uses its baseline or refuses) and its
-        description.
+        Chosen: The model, or None when there is none (the caller then uses its baseline or
+        refuses), its file and its description.
     """
     if isinstance(model, str) and model == "classical":
         return Chosen(None, None, "classical baseline")

@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from nanoxtal import tem
@@ -14,11 +13,7 @@ from nanoxtal.tem.module import Segmenter
 from nanoxtal.tem.nets import UNet
 from nanoxtal.tem.simulate import MicrographSettings, simulate_micrograph, write_micrograph
 
-
-@pytest.fixture(autouse=True)
-def _outside_the_repository(tmp_path, monkeypatch):
-    """Run where no workflow has published a segmenter, unless a test publishes one."""
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("outside_repository")
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +27,16 @@ def micrographs(tmp_path_factory):
     return folder, [paths["image"] for paths in written]
 
 
-def tiny_checkpoint(path):
-    """An untrained U-Net saved as a checkpoint ``load_segmenter`` reads."""
-    torch.manual_seed(0)
-    arch = {"width": 8, "depth": 3, "stem": 1}
-    model = Segmenter(UNet(**arch), {"name": "unet", **arch})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
-        "pytorch-lightning_version": pl.__version__,
-    }
-    torch.save(state, path)
-    return path
+@pytest.fixture
+def tiny_checkpoint(save_checkpoint):
+    """Save an untrained U-Net as a checkpoint ``load_segmenter`` reads."""
+
+    def save(path):
+        torch.manual_seed(0)
+        arch = {"width": 8, "depth": 3, "stem": 1}
+        return save_checkpoint(Segmenter(UNet(**arch), {"name": "unet", **arch}), path)
+
+    return save
 
 
 def test_measure_images_gives_the_tables_the_cli_writes(micrographs, tmp_path):
@@ -122,7 +114,7 @@ def test_pixel_size_and_segment(micrographs):
     assert not (without[row0:row1, col0:col1] > 0).any()
 
 
-def test_the_published_segmenter_is_the_default(micrographs, tmp_path, capsys):
+def test_the_published_segmenter_is_the_default(micrographs, tmp_path, capsys, tiny_checkpoint):
     _, paths = micrographs
     assert resolve_segmenter() == (None, CLASSICAL)  # none published here
     published = tiny_checkpoint(tmp_path / "results" / "tem" / "models" / "best.ckpt")

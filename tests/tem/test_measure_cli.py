@@ -8,11 +8,7 @@ from skimage import io
 from nanoxtal.cli import main
 from nanoxtal.tem.simulate import MicrographSettings, simulate_micrograph, write_micrograph
 
-
-@pytest.fixture(autouse=True)
-def _outside_the_repository(tmp_path, monkeypatch):
-    """Run where no workflow has published a segmenter (``results/tem/models/best.ckpt``)."""
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("outside_repository")
 
 
 @pytest.fixture(scope="module")

@@ -98,3 +98,19 @@ def _table_missing(groups: set[int]) -> pd.DataFrame:
 def table_missing():
     """Factory: a structure table lacking the given space groups in its train split."""
     return _table_missing
+
+
+@pytest.fixture(scope="session")
+def save_tiny_classifier(save_checkpoint):
+    """Save an untrained (but fixed by ``seed``) classifier as training writes checkpoints."""
+    import torch
+
+    from nanoxtal.xrd.module import XrdClassifier
+    from nanoxtal.xrd.nets import build_net
+
+    def save(path, seed: int = 0):
+        torch.manual_seed(seed)
+        arch = {"name": "xrdnet", "width": 8, "hidden": 32}
+        return save_checkpoint(XrdClassifier(build_net(**arch), arch), path)
+
+    return save

@@ -9,8 +9,6 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-import pytorch_lightning as pl
-import torch
 from pymatgen.core import Lattice, Structure
 
 from nanoxtal import xrd
@@ -21,8 +19,6 @@ from nanoxtal.xrd.diffraction import PEAK_COLUMNS, SimulationError
 from nanoxtal.xrd.evaluate import PREDICTION_COLUMNS
 from nanoxtal.xrd.io import Measured, PatternReadError
 from nanoxtal.xrd.library import build_library
-from nanoxtal.xrd.module import XrdClassifier
-from nanoxtal.xrd.nets import build_net
 from nanoxtal.xrd.profiles import Augmentation
 from nanoxtal.xrd.radiation import WAVELENGTHS
 from nanoxtal.xrd.structures import Source, build_table
@@ -36,27 +32,13 @@ def rock_salt(a: float = A_NACL, cation: str = "Na", anion: str = "Cl") -> Struc
     )
 
 
-def save_tiny_classifier(path, seed: int = 0):
-    """An untrained (but fixed) classifier saved as the checkpoints training writes."""
-    torch.manual_seed(seed)
-    arch = {"name": "xrdnet", "width": 8, "hidden": 32}
-    model = XrdClassifier(build_net(**arch), arch)
-    state = {
-        "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
-        "pytorch-lightning_version": pl.__version__,
-    }
-    torch.save(state, path)
-    return path
-
-
 def write_xy(path, pattern: pd.Series) -> None:
     lines = [f"{t:.2f} {100 * y:.4f}" for t, y in pattern.items()]
     path.write_text("2theta intensity\n" + "\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, save_tiny_classifier):
     """A tiny classifier, a library of 6 random patterns, and two measured .xy files."""
     folder = tmp_path_factory.mktemp("api")
     checkpoint = save_tiny_classifier(folder / "tiny.ckpt")

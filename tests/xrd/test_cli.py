@@ -6,8 +6,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import pytorch_lightning as pl
-import torch
 from pymatgen.core import Lattice, Structure
 
 from nanoxtal import xrd
@@ -15,8 +13,6 @@ from nanoxtal.cli import main
 from nanoxtal.xrd.datamodule import load_sticks
 from nanoxtal.xrd.diffraction import PEAK_COLUMNS, stick_pattern
 from nanoxtal.xrd.library import build_library
-from nanoxtal.xrd.module import XrdClassifier
-from nanoxtal.xrd.nets import build_net
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -180,25 +176,14 @@ def test_train_names_an_unknown_setting(tmp_path, capsys):
     assert "unknown XRD training setting 'epochz'" in capsys.readouterr().err
 
 
-def save_tiny_classifier(path):
-    """An untrained (but fixed) classifier saved as the checkpoints training writes."""
-    torch.manual_seed(0)
-    arch = {"name": "xrdnet", "width": 8, "hidden": 32}
-    model = XrdClassifier(build_net(**arch), arch)
-    state = {
-        "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
-        "pytorch-lightning_version": pl.__version__,
-    }
-    torch.save(state, path)
-
-
 def write_rock_salt_xy(path):
     pattern = xrd.render(xrd.simulate(rock_salt())).iloc[0]
     path.write_text("\n".join(f"{t:.2f} {100 * y:.4f}" for t, y in pattern.items()) + "\n")
 
 
-def test_predict_uses_the_published_model_and_library_by_default(tmp_path, monkeypatch, capsys):
+def test_predict_uses_the_published_model_and_library_by_default(
+    tmp_path, monkeypatch, capsys, save_tiny_classifier
+):
     models = tmp_path / "results" / "xrd" / "models"
     models.mkdir(parents=True)
     save_tiny_classifier(models / "best.ckpt")

@@ -45,7 +45,8 @@ def resolve_segmenter(
         results: The workflow's results folder.
 
     Returns:
-        The network (None: the baseline) and e.g. ``network results/tem/models/best.ckpt``.
+        tuple: The network, or None for the baseline, and its description, e.g.
+        ``network results/tem/models/best.ckpt``.
 
     Raises:
         nanoxtal.models.ModelError: A path with no segmenter (the message names it).
