@@ -23,6 +23,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/tem.smk"
 include: "workflow/rules/xrd.smk"
 include: "workflow/rules/recipes.smk"
+include: "workflow/rules/lab.smk"
 
 
 rule all:

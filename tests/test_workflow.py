@@ -176,6 +176,60 @@ def test_config_change_reruns_exactly_the_stage_it_configures(tmp_path, small_ro
     assert planned_rules(forced) == {"recipes_importance"}
 
 
+def test_a_malformed_lab_sheet_stops_the_workflow_before_anything_runs(tmp_path, small_root):
+    from nanoxtal.recipes.lab import write_example_lab
+
+    lab = tmp_path / "lab"
+    write_example_lab(lab, size_px=128)
+    sheet = pd.read_csv(lab / "recipes.csv")
+    sheet.loc[1, "reagents"] = "InCl3; Unobtainium"
+    sheet.to_csv(lab / "recipes.csv", index=False)
+    config = {"data": {"root": str(small_root), "datasets": ["recipes"]}, "lab": {"mine": str(lab)}}
+    done = run_in(tmp_path / "w", config, "-n")
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert f"config lab.mine: {lab}" in out
+    assert f"{lab / 'recipes.csv'}, row 3, column 'reagents': unknown chemical" in out
+
+
+@pytest.mark.slow
+def test_a_micrograph_added_to_one_lab_sample_reruns_that_sample_alone(tmp_path, small_root):
+    from nanoxtal.recipes.lab import write_example_lab
+
+    lab = tmp_path / "lab"
+    write_example_lab(lab)
+    recipes = {"evaluate": {"vocabulary": 10, "trees": 20}, "labels": {"segmenter": "classical"}}
+    config = {
+        "data": {"root": str(small_root), "datasets": ["recipes"]},
+        "recipes": recipes,
+        "lab": {"example": str(lab)},
+    }
+    workdir = tmp_path / "w"
+    targets = ["results/recipes/lab/example/check.csv", "results/recipes/models/forest.pkl"]
+    done = run_in(workdir, config, *targets)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = workdir / "results" / "recipes" / "lab" / "example"
+    assert len(pd.read_parquet(results / "labelled.parquet")) == 3
+    assert pd.read_csv(results / "label_rejects.csv")["sample"].tolist() == ["pbse-few"]
+    assert len(pd.read_csv(results / "check.csv")) == 3
+    assert "--add results/recipes/lab/example/labelled.parquet" in done.stdout + done.stderr
+    again = run_in(workdir, config, "-n", *targets)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    # One more micrograph of one sample: that sample's measurement, its lab's labels, the
+    # recipe model and the check rerun; no other sample.
+    folder = lab / "micrographs" / "inp-triangles"
+    shutil.copy(folder / "inp-triangles_1.png", folder / "inp-triangles_3.png")
+    planned = run_in(workdir, config, "-n", *targets)
+    out = planned.stdout + planned.stderr
+    assert planned_rules(planned) == {
+        "lab_measure",
+        "recipes_label",
+        "recipes_train",
+        "recipes_check",
+    }
+    assert out.count("rule lab_measure:") == 1 and "sample=inp-triangles" in out
+
+
 class WorkflowRun(NamedTuple):
     """One run of the whole workflow: where it ran, its config, and how it ended."""
 

@@ -143,6 +143,40 @@ def tem_train_settings(role):
     return json.dumps({**config["tem"]["train"], **overrides})
 
 
+# Lab datasets (config `lab`): each sheet and its folders are checked here, before anything
+# runs, so a malformed sheet stops the workflow with every problem named (file, row, column).
+def _read_labs():
+    from nanoxtal.recipes.lab import LabError, read_lab
+
+    labs = {}
+    for name, root in config["lab"].items():
+        try:
+            labs[name] = read_lab(root, name)
+        except (LabError, OSError) as error:
+            raise WorkflowError(f"config lab.{name}: {root}:\n{error}") from None
+    return labs
+
+
+LABS = _read_labs()
+
+
+def lab_micrographs(wildcards):
+    """Input function of `lab_measure`: the sample's micrographs (a new one reruns the job)."""
+    return [str(path) for path in LABS[wildcards.lab].micrographs[wildcards.sample]]
+
+
+def lab_measure_options(wildcards, input):
+    """`--model` (or `--classical`) and the sheet's `--nm-per-px` of one sample's measurement."""
+    model = f"--model {shlex.quote(input.model)}" if input.get("model") else "--classical"
+    nm_per_px = LABS[wildcards.lab].nm_per_px.get(wildcards.sample)
+    return model + ("" if nm_per_px is None else f" --nm-per-px {nm_per_px}")
+
+
+def lab_measured(lab):
+    """The per-sample measurement folders' samples.csv of a lab."""
+    return [f"results/recipes/lab/{lab}/measure/{sample}/samples.csv" for sample in LABS[lab].micrographs]
+
+
 def all_targets():
     """Final outputs of the default run (grows as stages land)."""
     targets = [dataset_dir(name) for name in DATASET_NAMES]
@@ -162,4 +196,6 @@ def all_targets():
             "results/recipes/importance/importance.json",
             "results/recipes/models/forest.pkl",
         ]
+        for lab in LABS:
+            targets += [f"results/recipes/lab/{lab}/labelled.parquet", f"results/recipes/lab/{lab}/check.csv"]
     return targets

@@ -139,12 +139,14 @@ rule recipes_train:
     input:
         table=rules.recipes_clean.output.table,
         data=dataset_dir("recipes"),
+        labs=[f"results/recipes/lab/{lab}/labelled.parquet" for lab in LABS],
     output:
         "results/recipes/models/forest.pkl",
     params:
         shapes=lambda wildcards, input: f"{input.data}/shape_classes.txt",
         settings=recipe_data_settings(["trees", "forest"]),
         seed=config["seed"],
+        add=lambda wildcards, input: " ".join(f"--add {shlex.quote(p)}" for p in input.labs),
     log:
         "logs/recipes/train.log",
     benchmark:
@@ -157,6 +159,7 @@ rule recipes_train:
         "../../envs/recipes.yaml"
     shell:
         "nanoxtal recipes train {input.table:q} --shapes {params.shapes:q} --out {output:q}"
+        " {params.add}"
         " --max-size {params.settings[max_size_nm]} --vocabulary {params.settings[vocabulary]}"
         " --trees {params.settings[trees]} --forest {params.settings[forest]}"
         " --threads {threads} --seed {params.seed} > {log:q} 2>&1"

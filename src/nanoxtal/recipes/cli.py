@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nanoxtal.arguments import json_object
 from nanoxtal.files import atomic_write
+from nanoxtal.recipes.lab_cli import add_lab_commands
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -133,8 +134,9 @@ def _train(args: argparse.Namespace) -> int:
     from nanoxtal.recipes.clean import read_shape_classes
     from nanoxtal.recipes.design import RecipeForest
 
-    table, registry = pd.read_parquet(args.recipes), Registry(args.registry)
-    shapes = read_shape_classes(args.shapes)
+    # The published recipes and the labelled ones of each lab (``recipes label``).
+    table = pd.concat([pd.read_parquet(p) for p in [args.recipes, *args.add]], ignore_index=True)
+    registry, shapes = Registry(args.registry), read_shape_classes(args.shapes)
     model = RecipeForest.fit(table, registry, shapes, model=args.forest, **_forests(args))
     model.save(args.out)
     print(f"trained on {model.recipes} recipes up to {model.max_size_nm} nm; wrote {args.out}")
@@ -248,12 +250,8 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         "--transformer", type=json_object, default={}, help="JSON ensemble settings (EnsemblePlan)"
     )
     evaluate.add_argument("--trainer", type=json_object, default={}, help="JSON trainer settings")
-    evaluate.add_argument(
-        "--work-dir",
-        type=Path,
-        default=Path("results/recipes/transformer"),
-        help="folder of the transformer runs (checkpoints, logs)",
-    )
+    work = Path("results/recipes/transformer")
+    evaluate.add_argument("--work-dir", type=Path, default=work, help="transformer runs' folder")
     evaluate.set_defaults(func=_evaluate)
 
     importance = verbs.add_parser(
@@ -273,7 +271,9 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     train.add_argument("--forest", choices=FOREST_NAMES, default="extra_trees")
     train.add_argument("--shapes", type=Path, required=True, help="shape_classes.txt")
     train.add_argument("--out", type=Path, required=True, help="model file (.pkl)")
+    train.add_argument("--add", type=Path, action="append", default=[], help="labelled .parquet")
     train.set_defaults(func=_train)
+    add_lab_commands(verbs, registry, forests)
 
     predict = verbs.add_parser(
         "predict", parents=[registry, model], help="size and shape of new recipes"
