@@ -34,6 +34,8 @@ NOT_IMPORTED = {
     # The API reference's builder (tests/test_docs.py runs it).
     "sphinx",
     "myst-parser",
+    # RapidOCR's inference engine, which rapidocr imports on our behalf.
+    "onnxruntime",
 }
 
 

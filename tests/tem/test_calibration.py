@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
+from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 import tifffile
@@ -19,7 +22,12 @@ from nanoxtal.tem.calibration import (
     scale_bar,
     scale_bar_mask,
 )
-from nanoxtal.tem.simulate import MicrographSettings, simulate_micrograph, write_micrograph
+from nanoxtal.tem.simulate import (
+    MicrographSettings,
+    burn_scale_bar,
+    simulate_micrograph,
+    write_micrograph,
+)
 
 IMAGE = (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)
 
@@ -107,6 +115,8 @@ def test_units():
         ("1 µm", ("1 µm", 1000.0)),
         ("0.5 um", ("0.5 µm", 500.0)),
         ("2,5 μm", ("2.5 µm", 2500.0)),
+        ("200.nm", ("200 nm", 200.0)),  # a stray mark OCR reads between number and unit
+        ("0.5-μm", ("0.5 µm", 500.0)),
         ("scale", None),
     ],
 )
@@ -161,10 +171,156 @@ def test_sophon_scale_bar(shared_data):
     assert bar is not None and bar.dark
     assert bar.bar == (619, 42, 625, 276)
     assert bar.length_px == pytest.approx(234, abs=1)
-    # The "2" touches a particle, so the template reader may not read the label; it must not
-    # read a wrong one, and the text is still marked for masking.
-    assert bar.length_nm in (None, 200.0)
-    assert bar.label_box is not None
+    # The italic, outlined label, its "2" touching a particle (the glyph templates this
+    # reader replaced left it unread).
+    assert (bar.label, bar.length_nm, bar.reader) == ("200 nm", 200.0, "rapidocr")
+    r0, c0, r1, c1 = bar.label_box
+    assert r0 <= 575 and c0 <= 45 and r1 >= 605 and c1 >= 145  # "200 nm" lies within
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("1-0001.png", "50 nm"),
+        ("1-0007_7.png", "0.2 µm"),
+        ("1-0021_9_v2.png", "100 nm"),
+        ("2-0018_32.png", "50 nm"),
+    ],
+)
+def test_real_scale_bar_labels(shared_data, name, label):
+    from nanoxtal.tem.io import read_image
+
+    bar = scale_bar(read_image(shared_data / "tem" / "nanocrystals_unlabeled" / name))
+    assert (bar.label, bar.reader) == (label, "rapidocr")
+
+
+# Fonts matplotlib ships (so every machine has them), drawn by FreeType with anti-aliasing:
+# not the templates' glyphs. Computer Modern (cm*) is no template font at all.
+MPL_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+
+def font_label_micrograph(font, digit_px, dark, outline, length_nm, unit, seed, side=512):
+    """A simulated micrograph with a scale bar whose label is in a real font."""
+    settings = MicrographSettings(
+        width_px=side, height_px=side, nm_per_px=1.0, coverage=0.2, scale_bar=False
+    )
+    image = simulate_micrograph(settings, seed).image
+    nm_per_px = length_nm / (0.18 * side)
+    truth = burn_scale_bar(
+        image,
+        nm_per_px,
+        dark=dark,
+        corner=(seed % 2 == 0, seed % 3 == 0),
+        length_nm=length_nm,
+        unit=unit,
+        font=MPL_FONTS / font,
+        digit_px=digit_px,
+        outline=outline,
+    )
+    return image, truth, nm_per_px
+
+
+def test_font_labels_are_drawn_at_the_digit_height():
+    from nanoxtal.tem.simulate import font_bitmap
+
+    coverage = font_bitmap("200 nm", MPL_FONTS / "DejaVuSans-Oblique.ttf", 20)
+    assert coverage.dtype == np.float32 and coverage.min() >= 0 and coverage.max() <= 1
+    assert abs(int((coverage >= 0.5).any(axis=1).sum()) - 20) <= 1  # digits set the height
+    with pytest.raises(ValueError, match="no glyphs"):
+        font_bitmap("200 \ue000m", MPL_FONTS / "DejaVuSans.ttf", 20)  # a private-use code
+    with pytest.raises(ValueError, match="unit"):
+        burn_scale_bar(np.zeros((64, 64), np.uint8), 1.0, unit="mm")
+
+
+# (font file, digit height px, dark, outline px, bar length nm, unit, seed)
+REAL_FONT_LABELS = [
+    ("DejaVuSans-Oblique.ttf", 20, True, 2, 200, "nm", 1),  # the Sophon label's look
+    ("DejaVuSans-Oblique.ttf", 12, False, 0, 50, "nm", 2),
+    ("DejaVuSerif-Italic.ttf", 16, False, 0, 500, "µm", 3),
+    ("DejaVuSans-BoldOblique.ttf", 14, True, 0, 1000, "µm", 4),
+    ("DejaVuSerif-Bold.ttf", 24, True, 0, 20, "nm", 5),
+    ("cmti10.ttf", 22, True, 0, 100, "nm", 6),
+    ("cmss10.ttf", 18, False, 0, 50, "nm", 7),
+    ("cmr10.ttf", 26, True, 2, 500, "nm", 8),
+]
+
+
+@pytest.mark.parametrize(
+    ("font", "digit_px", "dark", "outline", "length_nm", "unit", "seed"), REAL_FONT_LABELS
+)
+def test_engine_reads_labels_in_real_fonts(font, digit_px, dark, outline, length_nm, unit, seed):
+    image, truth, nm_per_px = font_label_micrograph(
+        font, digit_px, dark, outline, length_nm, unit, seed
+    )
+    bar = scale_bar(image)
+    assert bar is not None and bar.dark == dark
+    assert (bar.label, bar.reader) == (truth.label, "rapidocr")
+    assert bar.nm_per_px == pytest.approx(nm_per_px, rel=0.02)
+    # The label box overlaps the label.
+    r0, c0, r1, c1 = bar.label_box
+    t0, u0, t1, u1 = truth.text
+    assert r0 < t1 and t0 < r1 and c0 < u1 and u0 < c1
+
+
+def test_reading_order_and_implausible_readings(monkeypatch):
+    micrograph = simulate_micrograph(
+        MicrographSettings(nm_per_px=2.0, width_px=512, height_px=512), 3
+    )
+    image, truth = micrograph.image, micrograph.scale_bar
+    recognised, detected = [], []
+    recognise, detect = calibration._recognise, calibration._detect
+    monkeypatch.setattr(calibration, "_recognise", lambda p: recognised.append(p) or recognise(p))
+    monkeypatch.setattr(calibration, "_detect", lambda p: detected.append(p) or detect(p))
+    # First the recogniser reads the words nearest the bar; the detector is not needed.
+    bar = scale_bar(image)
+    assert (bar.label, bar.reader) == (truth.label, "rapidocr")
+    assert recognised and not detected
+    # What the recogniser leaves unread, the detector finds in the window around the bar.
+    monkeypatch.setattr(calibration, "_recognise", lambda picture: None)
+    bar = scale_bar(image)
+    assert (bar.label, bar.reader) == (truth.label, "rapidocr") and detected
+    r0, c0, r1, c1 = bar.label_box
+    t0, u0, t1, u1 = truth.text
+    assert r0 < t1 and t0 < r1 and c0 < u1 and u0 < c1
+    # A reading that makes no micrograph's pixel size ("200 mm" for "200 nm") is none...
+    monkeypatch.setattr(calibration, "_recognise", lambda picture: "200 mm")
+    monkeypatch.setattr(calibration, "_detect", lambda picture: [("200 mm", (0, 0, 9, 40))])
+    bar = scale_bar(image)
+    # ...so the label is unread, its box still marked for masking.
+    assert (bar.label, bar.length_nm, bar.reader) == (None, None, None)
+    assert bar.label_box is not None and bar.length_px == pytest.approx(truth.length_px, abs=1)
+
+
+@pytest.fixture
+def without_rapidocr(monkeypatch):
+    """RapidOCR not installed: its import fails."""
+    monkeypatch.setitem(sys.modules, "rapidocr", None)
+    calibration._rapidocr_loaded.cache_clear()
+    calibration._warn_engine_missing.cache_clear()
+    yield
+    calibration._rapidocr_loaded.cache_clear()
+    calibration._warn_engine_missing.cache_clear()
+
+
+def test_without_the_engine_labels_stay_unread_with_a_warning(without_rapidocr, tmp_path):
+    micrograph = simulate_micrograph(
+        MicrographSettings(nm_per_px=2.0, width_px=512, height_px=512), 3
+    )
+    assert not calibration.ocr_available()
+    with pytest.warns(RuntimeWarning, match=r"RapidOCR is not installed.*nanoxtal\[tem\]"):
+        bar = scale_bar(micrograph.image)
+    # The bar and its label's box are still found (and masked); the label is unread.
+    assert bar.length_px == pytest.approx(micrograph.scale_bar.length_px, abs=1)
+    assert (bar.label, bar.reader) == (None, None) and bar.label_box is not None
+    paths = write_micrograph(micrograph, tmp_path, "sim")
+    paths["metadata"].unlink()  # no sidecar: the scale bar is the only source
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per process
+        pixel = resolve_pixel_size(paths["image"], micrograph.image)
+    assert (pixel.nm_per_px, pixel.source) == (None, "none")
+    assert pixel.detail == (
+        "scale bar found, label unread (no OCR engine: pip install 'nanoxtal[tem]')"
+    )
 
 
 def test_scale_bar_mask_drops_overlapping_instances():

@@ -10,10 +10,15 @@ from skimage import draw, io, measure
 
 from nanoxtal.tem.measure import (
     FEATURES,
+    PROBABILITY_COLUMNS,
+    SHAPE_EVIDENCE_FLOOR,
+    ShapeClassifier,
     classify_shapes,
+    dominant_shape,
     measure_particles,
     overlay,
     segmentation_like,
+    segmented_shapes,
     shape_classifier,
     size_histogram,
     summarise_image,
@@ -24,14 +29,16 @@ from nanoxtal.tem.segmentation import segment_image
 from nanoxtal.tem.simulate import (
     SHAPE_CLASSES,
     MicrographSettings,
+    image_rng,
     shape_mask,
     simulate_micrograph,
 )
 
 # Held-out accuracy of the shape classifier on simulated outlines degraded like segmentations
-# (8–200 px, ``segmentation_like``); measured 0.78 with 40 particles per class (every class
-# 0.53–1.0). Exact polygon outlines alone gave 0.94, but 0.27 on the exact particles of
-# simulated micrographs (``evaluate_synthetic_shapes``, ``truth``).
+# (8–200 px, ``segmentation_like``); measured 0.75 with 40 particles per class (every class
+# 0.55–0.98; 0.78 before the classical baseline's outlines joined the training set). Exact
+# polygon outlines alone gave 0.94, but 0.27 on the exact particles of simulated micrographs
+# (``evaluate_synthetic_shapes``, ``truth``).
 MIN_SHAPE_ACCURACY = 0.72
 
 
@@ -112,7 +119,11 @@ def test_nm_columns_and_summary(scene):
     assert summary["dominant_shape_share"] == pytest.approx(
         (shapes == summary["dominant_shape"]).mean()
     )
-    assert 0.5 <= summary["dominant_shape_share"] <= 1
+    # The class probabilities: one column per class, summing to 1, the largest the class.
+    probabilities = table[list(PROBABILITY_COLUMNS)].to_numpy()
+    assert list(table.columns[-len(SHAPE_CLASSES) :]) == list(PROBABILITY_COLUMNS)
+    assert probabilities.sum(axis=1) == pytest.approx(1)
+    assert table["shape"].tolist() == [SHAPE_CLASSES[i] for i in probabilities.argmax(axis=1)]
 
 
 def test_sample_pools_particles_not_image_means(draw_discs):
@@ -190,6 +201,121 @@ def test_segmented_micrograph_particles_keep_their_class(shape):
     assert len(measured) >= 10
     assert summarise_image(table)["dominant_shape"] == shape
     assert (measured["shape"] == shape).mean() >= 0.4
+
+
+def evidence(**probabilities: float) -> np.ndarray:
+    """Class probabilities: the named classes' (underscores for spaces), the rest shared."""
+    row = np.zeros(len(SHAPE_CLASSES))
+    for name, value in probabilities.items():
+        row[SHAPE_CLASSES.index(name.replace("_", " "))] = value
+    rest = row == 0
+    row[rest] = (1 - row.sum()) / rest.sum()
+    return row
+
+
+def particle_table(rows: list[np.ndarray], edge: list[bool] | None = None) -> pd.DataFrame:
+    """A particle table of these class probabilities (``shape`` the most probable)."""
+    probabilities = np.array(rows)
+    table = pd.DataFrame(
+        {
+            "touches_border": edge or [False] * len(rows),
+            "shape": np.array(SHAPE_CLASSES, dtype=object)[probabilities.argmax(axis=1)],
+        }
+    )
+    for name, column in zip(PROBABILITY_COLUMNS, probabilities.T, strict=True):
+        table[name] = column
+    return table
+
+
+def test_dominant_shape_pools_evidence_where_votes_fail():
+    # Three pieces of rods a segmentation cut across: "rectangle" by a hair, "rod" a close
+    # second; two whole rods, sure. Votes say rectangle 3 : 2; the pooled evidence says rod.
+    pieces = [evidence(rectangle=0.5, rod=0.45)] * 3
+    whole = [evidence(rod=0.9, rectangle=0.02)] * 2
+    cut = [evidence(cube=0.99)]  # touching the edge: not measured, not counted
+    table = particle_table(pieces + whole + cut, edge=[False] * 5 + [True])
+    assert dominant_shape(table) == ("rod", pytest.approx(0.4))
+    summary = summarise_image(table.assign(diameter_px=10.0))
+    assert summary["dominant_shape"] == "rod" and summary["dominant_shape_share"] == 0.4
+    # Without the probabilities (a table from elsewhere): the majority of the classes.
+    votes = table.drop(columns=list(PROBABILITY_COLUMNS))
+    assert dominant_shape(votes) == ("rectangle", pytest.approx(0.6))
+    # Pooled over a sample's images like its sizes.
+    sample = summarise_sample([table.assign(diameter_px=10.0)] * 2)
+    assert sample["dominant_shape"] == "rod" and sample["count_measured"] == 10
+
+
+def test_one_odd_particle_cannot_veto_the_sample():
+    # Three cubes, fairly sure; one particle that is certainly no cube (a speck, two merged).
+    cubes = [evidence(cube=0.6, triangle=1e-3)] * 3
+    odd = evidence(triangle=0.999, cube=1e-12)
+    table = particle_table([*cubes, odd])
+    assert dominant_shape(table)[0] == "cube"
+    # Unfloored, the odd particle's 1e-12 outweighs the three cubes.
+    scores = np.log(table[list(PROBABILITY_COLUMNS)].to_numpy()).sum(axis=0)
+    assert SHAPE_CLASSES[scores.argmax()] != "cube" and SHAPE_EVIDENCE_FLOOR > 1e-3
+    # Only particles cut by the edge: no shape.
+    shape, share = dominant_shape(particle_table([odd], edge=[True]))
+    assert shape is None and math.isnan(share)
+
+
+def sample_micrograph(shape: str, diameter_px: float, side: int, seed: int, index: int):
+    settings = MicrographSettings(
+        width_px=side,
+        height_px=side,
+        nm_per_px=0.5,
+        diameter_nm=0.5 * diameter_px,
+        shape_weights={shape: 1.0},
+        scale_bar=False,
+    )
+    return simulate_micrograph(settings, image_rng(seed, index))
+
+
+def test_dominant_shape_of_classical_outlines_at_40_px():
+    # One sample per class, ~15 measured particles of 40 px each, outlined by the classical
+    # baseline; benchmarks/tem_shapes.py scores 20 per class and size. Seed 7 is neither its
+    # development (2025) nor its evaluation seed (2026). Before the classifier learnt the
+    # baseline's outlines and pooled the evidence: 96 % of such samples right, rods 70 %.
+    wrong = []
+    for index, shape in enumerate(SHAPE_CLASSES):
+        micrograph = sample_micrograph(shape, 40, 400, 7, index)
+        table = measure_particles(segment_image(micrograph.image), None)
+        found = summarise_sample([table])["dominant_shape"]
+        if found != shape:
+            wrong.append((shape, found))
+    assert len(wrong) <= 1, wrong
+
+
+def test_rod_cut_in_pieces_is_still_a_rod_sample():
+    # The classical watershed cuts 80-px rods across into two or three pieces, which the
+    # classifier fitted on whole outlines called mostly rectangles and rhombi: 1 of 20 rod
+    # samples right (benchmark, seed 2026); this micrograph with seeds 7–12 was never right.
+    micrograph = sample_micrograph("rod", 80, 640, 7, 0)
+    table = measure_particles(segment_image(micrograph.image), None)
+    assert summarise_sample([table])["dominant_shape"] == "rod"
+
+
+def test_segmented_shapes_and_mixture_classifier():
+    features, classes = segmented_shapes(4, seed=3)
+    assert features.shape == (len(classes), len(FEATURES)) and len(classes) > 20
+    assert np.isfinite(features).all() and set(classes) <= set(range(len(SHAPE_CLASSES)))
+    drawn, drawn_classes = synthetic_shapes(per_class=20, seed=3)
+    # One Gaussian per class and source; classes and sources need not be balanced.
+    both = ShapeClassifier().fit(
+        np.vstack([drawn, drawn + 0.01]),
+        np.concatenate([drawn_classes, drawn_classes]),
+        np.repeat([0, 1], len(drawn)),
+    )
+    assert len(both.means) == 2 * len(SHAPE_CLASSES)
+    probabilities = both.probabilities(drawn)
+    assert probabilities.shape == (len(drawn), len(SHAPE_CLASSES))
+    assert probabilities.sum(axis=1) == pytest.approx(1)
+    assert (probabilities.argmax(axis=1) == both.predict(drawn)).all()
+    assert both.probabilities(drawn[:0]).shape == (0, len(SHAPE_CLASSES))
+    odd = np.full((1, len(FEATURES)), np.nan)
+    assert both.probabilities(odd) == pytest.approx(np.full((1, len(SHAPE_CLASSES)), 1 / 11))
+    with pytest.raises(ValueError, match="too few training outlines of cube"):
+        ShapeClassifier().fit(drawn[drawn_classes != 1], drawn_classes[drawn_classes != 1])
 
 
 def test_segmentation_like_roughens_but_keeps_the_particle():

@@ -9,9 +9,9 @@
 3. ``sidecar``: the JSON the simulator writes beside each image (``<name>.json`` with
    ``nm_per_px``).
 4. ``scale_bar``: the burned-in scale bar, measured in px and its label ("200 nm", "1 µm") read
-   by OCR: the ``tesseract`` program when it is installed, else a built-in template matcher
-   (glyphs of the simulator's 5×7 font and of the DejaVu and STIX fonts matplotlib ships,
-   upright and oblique).
+   by OCR: RapidOCR (PaddleOCR's PP-OCR text detector and recogniser as ONNX models, shipped
+   inside its wheel and run on the CPU by onnxruntime; a dependency of the ``tem`` extra).
+   ``benchmarks/scale_bar_ocr.py`` measures it on labels in real fonts and real micrographs.
 5. ``none``: sizes stay in px.
 
 The scale bar and its label are image content, not particles: ``scale_bar_mask`` marks them so
@@ -20,13 +20,10 @@ measurements can drop instances that overlap them.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
-import shutil
-import subprocess
-import tempfile
+import warnings
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -34,10 +31,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from scipy import ndimage
-from skimage import transform
 
 from nanoxtal.tem.io import TemImageError, read_image, stretch_to_unit
-from nanoxtal.tem.simulate import text_bitmap
 
 SOURCES = ("user", "metadata", "sidecar", "scale_bar", "none")
 # Relative difference between a user's pixel size and the file's own above which both are
@@ -66,18 +61,18 @@ UNITS_NM = {
 }
 # Pixel sizes outside this range (nm/px) are not electron micrographs: e.g. a 72 dpi default.
 PLAUSIBLE_NM_PER_PX = (1e-3, 1e4)
-# Label units the scale-bar reader knows, as glyph sequences.
-LABEL_UNITS = {"nm": "nm", "µm": "µm", "um": "um"}
-_GLYPH_GRID = 16
-# Least mean glyph score (correlation less aspect and placement penalties) of a label read by
-# templates; clean labels score 0.75–1.
-MIN_LABEL_SCORE = 0.6
-# Scale bars are drawn at round lengths; a reading of another length (e.g. "30" for "50", or a
-# speck read as a third digit) loses this much mean glyph score.
-ROUND_DIGITS = frozenset({"1", "2", "25", "5"})
-UNROUND_PENALTY = 0.15
-# A glyph's second or third likeliest character is tried when it scores within this of the best.
-NEAR_TIE = 0.12
+# The scale-bar OCR engine (``ScaleBar.reader``): RapidOCR, PaddleOCR's PP-OCR text detector
+# and recogniser as ONNX models inside its wheel, run by onnxruntime on the CPU.
+# benchmarks/scale_bar_ocr.py chose it over tesseract and glyph templates.
+ENGINE = "rapidocr"
+# Least confidence of a RapidOCR reading. Clean labels score above 0.9; in the benchmark a
+# least of 0.5 let 4 of 216 labels be misread (e.g. "2 nm" for a 9 px "20 nm"), 0.8 one, and
+# 0.9 none but left twice as many unread.
+MIN_OCR_SCORE = 0.8
+# RapidOCR sees the label with grey levels stretched so that this fraction of the way from the
+# label's ink to the background is already white (film and most particles vanish), then as
+# it is (thin strokes of small labels survive).
+OCR_STRETCHES = (0.5, 1.0)
 
 
 class CalibrationError(ValueError):
@@ -95,7 +90,7 @@ class ScaleBar:
         label: Its label as read, normalised (e.g. "200 nm"); None when it could not be read.
         length_nm: The length the label states (nm); None when unread.
         label_box: The label's box (row0, col0, row1, col1); None when no label was found.
-        reader: What read the label: "tesseract", "templates" or None.
+        reader: What read the label: "rapidocr" (the OCR engine), or None when unread.
     """
 
     length_px: float
@@ -377,165 +372,7 @@ def _bar_length(data: np.ndarray, box: tuple[int, ...], value: float, background
 @dataclass(frozen=True)
 class _Glyph:
     box: tuple[int, int, int, int]
-    vector: np.ndarray
     aspect: float
-
-
-def _vector(crop: np.ndarray) -> np.ndarray:
-    grid = transform.resize(
-        crop.astype(np.float64), (_GLYPH_GRID, _GLYPH_GRID), order=1, anti_aliasing=True
-    ).ravel()
-    grid = grid - grid.mean()
-    norm = np.linalg.norm(grid)
-    return grid / norm if norm > 0 else grid
-
-
-def _ink_box(ink: np.ndarray) -> tuple[int, int, int, int]:
-    rows, cols = np.nonzero(ink)
-    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
-
-
-@dataclass(frozen=True)
-class _Template:
-    vector: np.ndarray
-    aspect: float
-    top: float  # relative to the digit "0": 0 at its top, 1 at its bottom
-    bottom: float
-
-
-def _font_files() -> list[Path]:
-    from matplotlib import font_manager
-
-    folder = Path(font_manager.findfont("DejaVu Sans", fallback_to_default=True)).parent
-    names = (
-        "DejaVuSans.ttf",
-        "DejaVuSans-Oblique.ttf",
-        "DejaVuSans-Bold.ttf",
-        "DejaVuSans-BoldOblique.ttf",
-        "DejaVuSerif.ttf",
-        "DejaVuSerif-Italic.ttf",
-        "STIXGeneral.ttf",
-        "STIXGeneralItalic.ttf",
-    )
-    return [folder / name for name in names if (folder / name).is_file()]
-
-
-def _render(path: Path, text: str) -> np.ndarray:
-    from matplotlib import ft2font
-
-    font = ft2font.FT2Font(str(path))
-    font.set_size(64, 72)
-    font.set_text(text, 0.0)
-    font.draw_glyphs_to_bitmap(antialiased=True)
-    return np.asarray(font.get_image()) >= 128
-
-
-def _template(ink: np.ndarray, zero: tuple[int, int, int, int]) -> _Template:
-    r0, c0, r1, c1 = _ink_box(ink)
-    digit = zero[2] - zero[0]
-    return _Template(
-        vector=_vector(ink[r0:r1, c0:c1]),
-        aspect=(c1 - c0) / (r1 - r0),
-        top=(r0 - zero[0]) / digit,
-        bottom=(r1 - zero[0]) / digit,
-    )
-
-
-@cache
-def _templates() -> dict[str, dict[str, _Template]]:
-    """Glyph templates by font and character."""
-    chars = "0123456789.nmuµ"
-    fonts: dict[str, dict[str, _Template]] = {}
-    builtin = {}
-    zero_box = _ink_box(text_bitmap("0"))
-    for char in "0123456789nm":
-        builtin[char] = _template(text_bitmap(char), zero_box)
-    fonts["builtin 5x7"] = builtin
-    for path in _font_files():
-        glyphs = {}
-        zero = _render(path, "0")
-        zero_box = _ink_box(zero)
-        for char in chars:
-            # Render after a "0" so the character sits on the same baseline; then drop the 0.
-            pair = _render(path, "0" + char)
-            labels, count = ndimage.label(pair, structure=np.ones((3, 3)))
-            if count < 2:
-                continue
-            boxes = ndimage.find_objects(labels)
-            first = min(range(count), key=lambda i: boxes[i][1].start)
-            ink = (labels > 0) & (labels != first + 1)
-            zero_here = _ink_box(labels == first + 1)
-            glyphs[char] = _template(ink, zero_here)
-        glyphs["0"] = _template(zero, zero_box)
-        fonts[path.stem] = glyphs
-    return fonts
-
-
-def _glyph_score(glyph: _Glyph, template: _Template, top: float, bottom: float) -> float:
-    shape = float(glyph.vector @ template.vector)
-    aspect = abs(math.log(max(glyph.aspect, 1e-3) / max(template.aspect, 1e-3)))
-    place = abs(top - template.top) + abs(bottom - template.bottom)
-    return shape - 0.5 * aspect - 0.5 * place
-
-
-def _significant(text: str) -> str:
-    """The significant digits of a decimal number's text: "250" and "0.25" give "25"."""
-    return text.replace(".", "").strip("0")
-
-
-def _decode(glyphs: list[_Glyph]) -> tuple[str, float, float] | None:
-    """(label text, length in nm, mean glyph score) of a label's glyphs, or None."""
-    best: tuple[float, str, float] | None = None
-    for unit, unit_glyphs in LABEL_UNITS.items():
-        count = len(glyphs) - len(unit_glyphs)
-        if count < 1:
-            continue
-        number = glyphs[:count]
-        heights = np.array([g.box[2] - g.box[0] for g in number], dtype=float)
-        reference = float(np.median(heights[heights >= 0.5 * heights.max()]))
-        tall = heights >= 0.55 * reference
-        if heights.max() > 1.35 * reference:  # a glyph merged with something else
-            return None
-        digit_top = float(np.median([g.box[0] for g, t in zip(number, tall, strict=True) if t]))
-        digit_height = float(np.median(heights[tall]))
-        tops = np.array([g.box[0] for g in number], dtype=float)[tall]
-        if (np.abs(heights[tall] - digit_height) > max(1.0, 0.12 * digit_height)).any() or (
-            np.abs(tops - digit_top) > max(1.0, 0.12 * digit_height)
-        ).any():
-            continue  # digits share one height and top line: something else is among them
-
-        def rel(glyph: _Glyph, top=digit_top, size=digit_height) -> tuple[float, float]:
-            return (glyph.box[0] - top) / size, (glyph.box[2] - top) / size
-
-        for templates in _templates().values():
-            if any(char not in templates for char in unit_glyphs):
-                continue
-            # The likeliest characters of each glyph of the number.
-            choices = []
-            for glyph, is_tall in zip(number, tall, strict=True):
-                options = [c for c in ("0123456789" if is_tall else ".") if c in templates]
-                scores = {c: _glyph_score(glyph, templates[c], *rel(glyph)) for c in options}
-                ranked = sorted(scores.items(), key=lambda item: -item[1])[:3]
-                # Only near-ties are alternatives (a "3" and a "5" of a tiny bitmap font).
-                choices.append([item for item in ranked if item[1] >= ranked[0][1] - NEAR_TIE])
-            if not all(choices):
-                continue
-            unit_score = sum(
-                _glyph_score(glyph, templates[char], *rel(glyph))
-                for glyph, char in zip(glyphs[count:], unit_glyphs, strict=True)
-            )
-            for combination in itertools.product(*choices):
-                text = "".join(char for char, _ in combination)
-                if not re.fullmatch(r"[1-9]\d*(\.\d+)?|0\.\d+", text):
-                    continue
-                mean = (sum(score for _, score in combination) + unit_score) / len(glyphs)
-                if _significant(text) not in ROUND_DIGITS:
-                    mean -= UNROUND_PENALTY
-                if best is None or mean > best[0]:
-                    best = (mean, f"{text} {unit}", float(text) * UNITS_NM[unit.lower()])
-    if best is None:
-        return None
-    return best[1], best[2], best[0]
 
 
 def _glyphs(ink: np.ndarray, origin: tuple[int, int], max_height: float) -> list[list[_Glyph]]:
@@ -547,22 +384,13 @@ def _glyphs(ink: np.ndarray, origin: tuple[int, int], max_height: float) -> list
     """
     labels, _ = ndimage.label(ink, structure=np.ones((3, 3)))
     glyphs = []
-    for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+    for rows, cols in ndimage.find_objects(labels):
         height, width = rows.stop - rows.start, cols.stop - cols.start
         if height > max_height or width > 3 * height or height * width < 4:
             continue
-        crop = labels[rows, cols] == index
+        box = (rows.start + origin[0], cols.start + origin[1])
         glyphs.append(
-            _Glyph(
-                box=(
-                    rows.start + origin[0],
-                    cols.start + origin[1],
-                    rows.stop + origin[0],
-                    cols.stop + origin[1],
-                ),
-                vector=_vector(crop),
-                aspect=width / height,
-            )
+            _Glyph(box=(*box, rows.stop + origin[0], cols.stop + origin[1]), aspect=width / height)
         )
     lines: list[list[_Glyph]] = []
     for glyph in sorted(glyphs, key=lambda g: g.box[2] - g.box[0], reverse=True):
@@ -599,12 +427,21 @@ def _glyphs(ink: np.ndarray, origin: tuple[int, int], max_height: float) -> list
                 kept.append(glyph)
         word = [kept[0]]
         for glyph in kept[1:]:
-            if glyph.box[1] - word[-1].box[3] > 1.6 * tallest:
+            if glyph.box[1] - max(g.box[3] for g in word) > 1.6 * tallest:
                 words.append(word)
                 word = []
             word.append(glyph)
         words.append(word)
     return [word for word in words if len(word) >= 2]
+
+
+def _word_box(word: list[_Glyph]) -> tuple[int, int, int, int]:
+    return (
+        min(g.box[0] for g in word),
+        min(g.box[1] for g in word),
+        max(g.box[2] for g in word),
+        max(g.box[3] for g in word),
+    )
 
 
 def _thin(ink: np.ndarray, glyph_height: float) -> np.ndarray:
@@ -614,36 +451,119 @@ def _thin(ink: np.ndarray, glyph_height: float) -> np.ndarray:
     return ink & ~ndimage.binary_opening(ink, structure=disk)
 
 
-def _tesseract(crop: np.ndarray) -> str | None:
-    """Text of a label crop (ink True) by the tesseract program, or None without it."""
-    program = shutil.which("tesseract")
-    if program is None:
+def _rapidocr_engine():
+    """The RapidOCR engine (loaded once), or None when it is not installed."""
+    try:
+        return _rapidocr_loaded()
+    except ImportError:
         return None
-    from skimage import io
 
-    picture = np.where(np.pad(crop, 10), 0, 255).astype(np.uint8)
-    scale = max(1, round(40 / max(crop.shape[0], 1)))
-    picture = np.kron(picture, np.ones((scale, scale), dtype=np.uint8))
-    with tempfile.TemporaryDirectory() as folder:
-        target = Path(folder) / "label.png"
-        io.imsave(target, picture, check_contrast=False)
-        try:
-            result = subprocess.run(
-                [program, str(target), "stdout", "--psm", "7"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-    return result.stdout.strip() or None
+
+@cache
+def _rapidocr_loaded():
+    # Imported on first use: onnxruntime and OpenCV take about a second to load.
+    from rapidocr import RapidOCR
+
+    # The models ship inside the wheel: nothing is downloaded. Text detection sees the area
+    # around the bar enlarged to at least 736 px a side, so that small labels are of a size
+    # the detector knows. One thread: the segmenter's workers run side by side.
+    return RapidOCR(
+        params={
+            "Global.log_level": "error",
+            "Global.use_cls": False,
+            "Det.limit_type": "min",
+            "Det.limit_side_len": 736,
+            "EngineConfig.onnxruntime.intra_op_num_threads": 1,
+            "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        }
+    )
+
+
+def ocr_available() -> bool:
+    """Whether the scale-bar OCR engine (RapidOCR, in the ``tem`` extra) is installed."""
+    return _rapidocr_engine() is not None
+
+
+@cache
+def _warn_engine_missing() -> None:
+    warnings.warn(
+        "the scale-bar OCR engine RapidOCR is not installed (pip install 'nanoxtal[tem]'): "
+        "scale bars are found and masked, but their labels are left unread",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _engine_picture(picture: np.ndarray) -> np.ndarray:
+    grey = np.rint(255 * np.clip(picture, 0.0, 1.0)).astype(np.uint8)
+    return np.dstack([grey] * 3)
+
+
+def _recognise(picture: np.ndarray) -> str | None:
+    """Text of one line of text (grey, dark ink on white) by RapidOCR's recogniser, or None."""
+    engine = _rapidocr_engine()
+    if engine is None:
+        return None
+    result = engine(_engine_picture(picture), use_det=False, use_cls=False, use_rec=True)
+    texts, scores = result.txts or (), result.scores or ()
+    kept = [text for text, score in zip(texts, scores, strict=False) if score >= MIN_OCR_SCORE]
+    return " ".join(kept).strip() or None
+
+
+def _detect(picture: np.ndarray) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """Lines of text RapidOCR's detector and recogniser find: (text, (row0, col0, row1, col1)).
+
+    The detector's boxes are joined into lines (rows overlapping by half the smaller box),
+    left to right; boxes read with less than ``MIN_OCR_SCORE`` are dropped.
+    """
+    engine = _rapidocr_engine()
+    if engine is None:
+        return []
+    result = engine(_engine_picture(picture), use_det=True, use_cls=False, use_rec=True)
+    if result.boxes is None or not result.txts:
+        return []
+    pieces = []
+    for corners, text, score in zip(result.boxes, result.txts, result.scores, strict=False):
+        if score < MIN_OCR_SCORE or not text.strip():
+            continue
+        corners = np.asarray(corners, dtype=float)  # (x, y) of four corners
+        box = (
+            int(np.floor(corners[:, 1].min())),
+            int(np.floor(corners[:, 0].min())),
+            int(np.ceil(corners[:, 1].max())),
+            int(np.ceil(corners[:, 0].max())),
+        )
+        pieces.append((box, text.strip()))
+    lines: list[list[tuple[tuple[int, int, int, int], str]]] = []
+    for box, text in sorted(pieces, key=lambda piece: piece[0][1]):
+        for line in lines:
+            other = line[-1][0]
+            overlap = min(box[2], other[2]) - max(box[0], other[0])
+            if overlap >= 0.5 * min(box[2] - box[0], other[2] - other[0]):
+                line.append((box, text))
+                break
+        else:
+            lines.append([(box, text)])
+    return [
+        (
+            " ".join(text for _, text in line),
+            (
+                min(b[0] for b, _ in line),
+                min(b[1] for b, _ in line),
+                max(b[2] for b, _ in line),
+                max(b[3] for b, _ in line),
+            ),
+        )
+        for line in lines
+    ]
 
 
 def parse_label(text: str) -> tuple[str, float] | None:
     """("200 nm", 200.0) from a scale-bar label such as "200nm", "1 µm" or "0.5 um"."""
+    # One stray mark between number and unit is an OCR artefact ("200.nm", "500-nm").
     match = re.search(
-        r"(\d+(?:[.,]\d+)?)\s*(nm|[µμu]m|micron|Å|A|pm|mm)\b", text.replace("\n", " ")
+        r"(\d+(?:[.,]\d+)?)\s*[.,·:;_'°\-–]?\s*(nm|[µμu]m|micron|Å|A|pm|mm)\b",
+        text.replace("\n", " "),
     )
     if not match:
         return None
@@ -655,90 +575,130 @@ def parse_label(text: str) -> tuple[str, float] | None:
     return f"{value:g} {unit}", value * factor
 
 
+def _reading(text: str | None, length_px: float) -> tuple[str, float] | None:
+    """The label in an OCR text, unless it makes no micrograph's pixel size ("500 mm")."""
+    parsed = parse_label(text) if text else None
+    return parsed if parsed and _plausible(parsed[1] / length_px) else None
+
+
 def _read_word(
-    word: list[_Glyph], ink: np.ndarray, window: tuple[int, ...]
-) -> tuple[str, float, tuple[int, int, int, int], str] | None:
-    """(label, length in nm, label box, reader) of one word, or None when unreadable."""
-    label_box = (
-        min(g.box[0] for g in word),
-        word[0].box[1],
-        max(g.box[2] for g in word),
-        word[-1].box[3],
+    word: list[_Glyph], paper: np.ndarray, window: tuple[int, ...], length_px: float
+) -> tuple[str, float, tuple[int, int, int, int]] | None:
+    """(label, length in nm, label box) of one word read by the recogniser, or None.
+
+    Args:
+        word: The word's glyphs (image coordinates).
+        paper: The window's grey levels, ink 0 and background 1 (bar blanked).
+        window: The window's box in the image.
+        length_px: The bar's length (px), to reject implausible readings.
+    """
+    label_box = _word_box(word)
+    r0, c0 = label_box[0] - window[0], label_box[1] - window[1]
+    r1, c1 = label_box[2] - window[0], label_box[3] - window[1]
+    # The word's box and a margin of background, as a page of text would have.
+    pad = max(2, round(0.25 * (r1 - r0)))
+    picture = np.pad(
+        paper[max(r0 - pad, 0) : r1 + pad, max(c0 - pad, 0) : c1 + pad], pad, constant_values=1.0
     )
-    read = _tesseract(
-        ink[
-            label_box[0] - window[0] : label_box[2] - window[0],
-            label_box[1] - window[1] : label_box[3] - window[1],
-        ]
-    )
-    parsed = parse_label(read) if read else None
-    if parsed:
-        return parsed[0], parsed[1], label_box, "tesseract"
-    decoded = _decode(word)
-    if decoded and decoded[2] >= MIN_LABEL_SCORE:
-        parsed = parse_label(decoded[0])
+    for stretch in OCR_STRETCHES:
+        parsed = _reading(_recognise(np.clip(picture / stretch, 0.0, 1.0)), length_px)
         if parsed:
-            return parsed[0], parsed[1], label_box, "templates"
+            return parsed[0], parsed[1], label_box
     return None
 
 
-def _read_label(
-    data: np.ndarray, box: tuple[int, ...], value: float, background: float
-) -> tuple[str | None, float | None, tuple[int, int, int, int], str | None] | None:
-    """(label, length in nm, label box, reader) of the text nearest the bar.
+def _read_detected(
+    paper: np.ndarray, window: tuple[int, ...], bar: tuple[int, ...], length_px: float
+) -> tuple[str, float, tuple[int, int, int, int]] | None:
+    """(label, length in nm, label box) of the label RapidOCR's detector finds nearest the bar.
 
-    Label, length and reader are None when the nearest text could not be read; None when
-    there is no text near the bar.
+    For labels whose glyphs do not come apart as components (touching italics, small bold
+    text, particles touching): the engine's own text detector searches the whole window.
+    """
+    found = []
+    for stretch in OCR_STRETCHES:
+        for text, (r0, c0, r1, c1) in _detect(np.clip(paper / stretch, 0.0, 1.0)):
+            parsed = _reading(text, length_px)
+            if parsed is None:
+                continue
+            box = (
+                max(r0, 0) + window[0],
+                max(c0, 0) + window[1],
+                min(r1, paper.shape[0]) + window[0],
+                min(c1, paper.shape[1]) + window[1],
+            )
+            rows = max(0, box[0] - bar[2], bar[0] - box[2])
+            cols = max(0, box[1] - bar[3], bar[1] - box[3])
+            found.append((rows + cols, parsed, box))
+        if found:
+            break
+    if not found:
+        return None
+    _, parsed, box = min(found, key=lambda item: item[0])
+    return parsed[0], parsed[1], box
+
+
+def _read_label(
+    data: np.ndarray, box: tuple[int, ...], value: float, background: float, length_px: float
+) -> tuple[str | None, float | None, tuple[int, int, int, int]] | None:
+    """(label, length in nm, label box) of the text nearest the bar.
+
+    In order, until one gives a label: RapidOCR's recogniser reads each of the four words
+    (glyphs as connected components at the bar's level) nearest the bar, then each again
+    without blobs touching it (particles); then RapidOCR's detector searches the window
+    around the bar. Label and length are None when nothing read a label (then the box is the
+    nearest word's, still masked); None when there is no text near the bar.
     """
     height, width = data.shape
     r0, c0, r1, c1 = box
     length = c1 - c0
     text_height = max(12.0, 0.4 * length, 0.06 * height)
+    # A label may be wider than a short bar: the window reaches 3 text heights past its ends.
+    reach = max(0.75 * length, 3 * text_height)
     window = (
         max(0, int(r0 - 2.5 * text_height)),
-        max(0, int(c0 - 0.75 * length)),
+        max(0, int(c0 - reach)),
         min(height, int(r1 + 2.5 * text_height)),
-        min(width, int(c1 + 0.75 * length)),
+        min(width, int(c1 + reach)),
     )
     crop = data[window[0] : window[2], window[1] : window[3]]
     threshold = value + 0.4 * (background - value)
     ink = crop <= threshold if value < background else crop >= threshold
-    ink[r0 - window[0] : r1 - window[0], c0 - window[1] : c1 - window[1]] = False
+    bar_window = np.s_[r0 - window[0] : r1 - window[0], c0 - window[1] : c1 - window[1]]
+    ink[bar_window] = False
+    # Grey levels with the label's ink at 0 and the background at 1, whichever is darker.
+    paper = np.clip((crop - value) / (background - value), 0.0, 1.0)
+    paper[bar_window] = 1.0
     words = _glyphs(ink, window[:2], text_height)
 
     def distance(word: list[_Glyph]) -> float:
-        top = min(g.box[0] for g in word)
-        bottom = max(g.box[2] for g in word)
-        left, right = word[0].box[1], word[-1].box[3]
+        top, left, bottom, right = _word_box(word)
         rows = max(0, top - r1, r0 - bottom)
         cols = max(0, left - c1, c0 - right)
         return rows + cols
 
-    for word in sorted(words, key=distance)[:4]:
-        found = _read_word(word, ink, window)
-        if found is None:
-            # Retry without blobs (particles) touching the glyphs, within the word's rows.
-            glyph_height = int(np.median([g.box[2] - g.box[0] for g in word]))
-            top = max(min(g.box[0] for g in word) - window[0] - glyph_height // 3, 0)
-            bottom = max(g.box[2] for g in word) - window[0] + glyph_height // 3
-            band = np.zeros_like(ink)
-            band[top:bottom] = _thin(ink[top:bottom], glyph_height)
-            for retry in sorted(_glyphs(band, window[:2], 1.3 * glyph_height), key=distance):
-                found = _read_word(retry, band, window)
-                if found:
-                    break
+    if ocr_available():
+        for word in sorted(words, key=distance)[:4]:
+            found = _read_word(word, paper, window, length_px)
+            if found is None:
+                # Again without blobs (particles) touching the glyphs, within the word's rows.
+                glyph_height = int(np.median([g.box[2] - g.box[0] for g in word]))
+                top = max(min(g.box[0] for g in word) - window[0] - glyph_height // 3, 0)
+                bottom = max(g.box[2] for g in word) - window[0] + glyph_height // 3
+                band = np.zeros_like(ink)
+                band[top:bottom] = _thin(ink[top:bottom], glyph_height)
+                for retry in sorted(_glyphs(band, window[:2], 1.3 * glyph_height), key=distance):
+                    found = _read_word(retry, paper, window, length_px)
+                    if found:
+                        break
+            if found:
+                return found
+        found = _read_detected(paper, window, box, length_px)
         if found:
             return found
     if words:
         # Unread: still mark the text nearest the bar, so it is not taken for particles.
-        word = min(words, key=distance)
-        box = (
-            min(g.box[0] for g in word),
-            word[0].box[1],
-            max(g.box[2] for g in word),
-            word[-1].box[3],
-        )
-        return None, None, box, None
+        return None, None, _word_box(min(words, key=distance))
     return None
 
 
@@ -747,7 +707,10 @@ def scale_bar(image: np.ndarray) -> ScaleBar | None:
 
     The bar is the longest thin, uniform horizontal rectangle at the image's darkest or
     brightest level (preferring the top and bottom of the image) that stands apart from what
-    is above and below it. Its label is the nearest line of text at the same level.
+    is above and below it. Its label is the nearest line of text at the same level, read by
+    RapidOCR (``ScaleBar.reader`` is "rapidocr"). Without RapidOCR installed the bar and its
+    label's box are still found (for masking), the label is left unread, and a
+    ``RuntimeWarning`` says so, once.
 
     Args:
         image: Grey micrograph (height × width), any range.
@@ -766,6 +729,8 @@ def scale_bar(image: np.ndarray) -> ScaleBar | None:
         ]
     if not candidates:
         return None
+    if not ocr_available():
+        _warn_engine_missing()
     _, box, value, dark = max(candidates, key=lambda item: item[0])
     r0, c0, r1, c1 = box
     # Trim end columns not at the bar's own level (a bright fringe or dark particle touching).
@@ -779,19 +744,18 @@ def scale_bar(image: np.ndarray) -> ScaleBar | None:
     around = data[max(0, r0 - margin) : r1 + margin, max(0, c0 - margin) : c1 + margin]
     background = float(np.median(around))
     length = _bar_length(data, box, value, background)
-    label = _read_label(data, box, value, background)
+    label = _read_label(data, box, value, background, length)
     if label is None:
         return ScaleBar(length_px=length, bar=tuple(int(v) for v in box), dark=dark)
-    text, length_nm, label_box, reader = label
-    label_box = tuple(int(v) for v in label_box)
+    text, length_nm, label_box = label
     return ScaleBar(
         length_px=length,
         bar=tuple(int(v) for v in box),
         dark=dark,
         label=text,
         length_nm=length_nm,
-        label_box=label_box,
-        reader=reader,
+        label_box=tuple(int(v) for v in label_box),
+        reader=ENGINE if text is not None else None,
     )
 
 
@@ -881,5 +845,9 @@ def _from_file(path: Path | str | None, bar: ScaleBar | None) -> PixelSize:
     if bar is not None and bar.nm_per_px is not None:
         detail = f"{bar.label} = {bar.length_px:.1f} px ({bar.reader})"
         return PixelSize(bar.nm_per_px, "scale_bar", detail, bar)
-    detail = "scale bar found, label unread" if bar is not None else ""
+    detail = ""
+    if bar is not None:
+        detail = "scale bar found, label unread"
+        if not ocr_available():
+            detail += " (no OCR engine: pip install 'nanoxtal[tem]')"
     return PixelSize(None, "none", detail, bar)

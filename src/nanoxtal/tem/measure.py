@@ -20,12 +20,17 @@ of the image and sample statistics (``summarise_image``, ``summarise_sample``): 
 size is unknown.
 
 Shapes are classified into the 11 classes of the recipe data (``simulate.SHAPE_CLASSES``) by a
-quadratic discriminant on rotation- and scale-invariant descriptors (Feret aspect ratio,
+Gaussian mixture discriminant on rotation- and scale-invariant descriptors (Feret aspect ratio,
 circularity, solidity, convexity, moment axis ratio, harmonics of the hull's support function,
-Hu's first invariant, and the size), fitted once per process on particles drawn with the
-simulator's own outlines (``simulate.shape_mask``), degraded as a segmentation outlines them
-(``segmentation_like``: rounded corners, rough edges). Its accuracy through the whole chain
-(simulate, segment, classify) is measured by ``nanoxtal.tem.evaluate.evaluate_synthetic_shapes``.
+Hu's first invariant, and the size), fitted once per process (10–15 s) on two sources of
+outlines, one Gaussian per class each: particles drawn with the simulator's own outlines
+(``simulate.shape_mask``) and degraded as a segmentation outlines them (``segmentation_like``:
+rounded corners, rough edges), and the outlines the classical baseline finds in simulated
+micrographs (``segmented_shapes``: e.g. rods cut in pieces). Every particle gets a probability
+per class (``p_<class>``); an image's or sample's dominant shape pools them over its particles
+(``dominant_shape``). Accuracy through the whole chain (simulate, segment, classify) per class
+and particle size, per particle and per sample: ``benchmarks/tem_shapes.py``; per particle for
+a trained network too: ``nanoxtal.tem.evaluate.evaluate_synthetic_shapes``.
 """
 
 from __future__ import annotations
@@ -75,6 +80,11 @@ NM_COLUMNS = {
     "feret_max_nm": "float64",
     "feret_min_nm": "float64",
 }
+# The shape classifier's probability of each class, last in the particle table.
+PROBABILITY_COLUMNS = {f"p_{name}": "float64" for name in SHAPE_CLASSES}
+# A sample's dominant shape pools its particles' class probabilities (``dominant_shape``), each
+# floored here so that one odd particle (a speck, two merged) cannot veto a class.
+SHAPE_EVIDENCE_FLOOR = 0.01
 FEATURES = (
     "log_aspect",
     "circularity",
@@ -427,11 +437,92 @@ def synthetic_shapes(
     return _features(geometry), np.array(classes)
 
 
-class ShapeClassifier:
-    """Quadratic discriminant over shape descriptors, equal class priors (numpy only).
+# Training outlines as the classical baseline segments simulated micrographs
+# (``segmented_shapes``): particle sizes (equivalent diameter, px) and coverage; the side of the
+# micrographs in particle diameters, within bounds (px); the least share of a segmented
+# particle's pixels that must lie in one simulated particle for it to count as (a piece of)
+# that particle; and how many micrographs the shape classifier is fitted on (about 800
+# outlines, 5 s).
+SEGMENTED_SIZES_PX = (10.0, 100.0)
+SEGMENTED_COVERAGE = (0.15, 0.45)
+SEGMENTED_SIDE = 8.0
+SEGMENTED_SIDE_PX = (160, 512)
+SEGMENTED_OWN_SHARE = 0.8
+SEGMENTED_IMAGES = 60
 
-    Each class is a Gaussian with its own covariance, shrunk towards its diagonal
-    (``shrinkage``) and with a floor on the variances, so it stays well conditioned.
+
+def segmented_shapes(
+    images: int, seed: int, size_px: tuple[float, float] = SEGMENTED_SIZES_PX
+) -> tuple[np.ndarray, np.ndarray]:
+    """Particle outlines of simulated micrographs as the classical baseline segments them.
+
+    Each micrograph (``image_rng(seed, k)``) has particles of all classes, equivalent diameter
+    log-uniform within ``size_px`` (one per image), coverage uniform within
+    ``SEGMENTED_COVERAGE``, the simulator's default contrast, touching and noise, in a square
+    ``SEGMENTED_SIDE`` diameters wide (within ``SEGMENTED_SIDE_PX``). It is segmented by the
+    classical baseline (``segment_image`` without a model), and every segmented particle not
+    touching the image edge with at least ``SEGMENTED_OWN_SHARE`` of its pixels in one
+    simulated particle is taken with that particle's class. These are the outlines a segmenter
+    gives: pieces of rods the watershed cut across, film grain stuck to the rim, rounded
+    corners; merged particles and specks of film are left out.
+
+    Args:
+        images: Micrographs to simulate.
+        seed: Their seed.
+        size_px: Range of the particles' equivalent diameters (px).
+
+    Returns:
+        Descriptors (n × len(FEATURES)) and the class index of each row (into SHAPE_CLASSES).
+    """
+    from nanoxtal.tem.segmentation import segment_image
+    from nanoxtal.tem.simulate import image_rng, simulate_micrograph
+
+    features, classes = [np.zeros((0, len(FEATURES)))], [np.zeros(0, dtype=np.int64)]
+    for k in range(images):
+        rng = image_rng(seed, k)
+        diameter = math.exp(rng.uniform(math.log(size_px[0]), math.log(size_px[1])))
+        side = int(np.clip(round(SEGMENTED_SIDE * diameter), *SEGMENTED_SIDE_PX))
+        settings = MicrographSettings(
+            width_px=side,
+            height_px=side,
+            nm_per_px=0.5,
+            diameter_nm=0.5 * diameter,
+            coverage=float(rng.uniform(*SEGMENTED_COVERAGE)),
+            scale_bar=False,
+        )
+        micrograph = simulate_micrograph(settings, rng)
+        labels = segment_image(micrograph.image.astype(np.float32) / 255, None).astype(np.int64)
+        truth = micrograph.instances.astype(np.int64)
+        # Each segmented particle's largest overlap with one simulated particle.
+        both = (labels > 0) & (truth > 0)
+        stride = int(truth.max()) + 1
+        pairs, overlap = np.unique(labels[both] * stride + truth[both], return_counts=True)
+        size = int(labels.max()) + 1
+        best = np.zeros(size, dtype=np.int64)
+        owner = np.zeros(size, dtype=np.int64)
+        order = np.argsort(overlap, kind="stable")  # the largest overlap is written last
+        best[pairs[order] // stride] = overlap[order]
+        owner[pairs[order] // stride] = pairs[order] % stride
+        ids, geometry = _geometry(labels)
+        if ids.size == 0:
+            continue
+        keep = (best[ids] >= SEGMENTED_OWN_SHARE * geometry["area"]) & ~geometry["touches_border"]
+        shape_of = dict(zip(micrograph.particles["id"], micrograph.particles["shape"], strict=True))
+        names = [shape_of[identity] for identity in owner[ids][keep]]
+        features.append(_features(geometry)[keep])
+        classes.append(np.array([SHAPE_CLASSES.index(name) for name in names], dtype=np.int64))
+    return np.concatenate(features), np.concatenate(classes)
+
+
+class ShapeClassifier:
+    """Gaussian mixture discriminant over shape descriptors, equal class priors (numpy only).
+
+    Each class is a mixture of Gaussians, one per source of training outlines (``fit``'s
+    ``sources``, equal weights), each with its own covariance shrunk towards its diagonal
+    (``shrinkage``) and with a floor on the variances, so it stays well conditioned. With one
+    source this is a quadratic discriminant. Outlines drawn and degraded
+    (``segmentation_like``) and outlines a segmenter gave (``segmented_shapes``) differ, e.g.
+    a rod the watershed cut in three: one Gaussian for both would fit neither.
     """
 
     def __init__(self, shrinkage: float = 0.1) -> None:
@@ -439,25 +530,52 @@ class ShapeClassifier:
         self.means: np.ndarray | None = None
         self.precisions: np.ndarray | None = None
         self.log_dets: np.ndarray | None = None
+        self.classes: np.ndarray | None = None
+        self.log_weights: np.ndarray | None = None
 
-    def fit(self, features: np.ndarray, classes: np.ndarray) -> ShapeClassifier:
-        """Fit one Gaussian per class (class indices 0..len(SHAPE_CLASSES) − 1)."""
+    def fit(
+        self, features: np.ndarray, classes: np.ndarray, sources: np.ndarray | None = None
+    ) -> ShapeClassifier:
+        """Fit one Gaussian per class and source (class indices 0..len(SHAPE_CLASSES) − 1).
+
+        Args:
+            features: Descriptors (n × len(FEATURES)).
+            classes: Class index of each row.
+            sources: Source of each row (any integers); None: one source. A class and
+                source with fewer rows than descriptors get no Gaussian.
+
+        Raises:
+            ValueError: A class without a Gaussian.
+        """
+        features = np.asarray(features, dtype=np.float64)
+        sources = np.zeros(len(features), dtype=np.int64) if sources is None else sources
         self.centre = features.mean(axis=0)
         self.scale = features.std(axis=0) + 1e-9
         z = (features - self.centre) / self.scale
-        means, precisions, log_dets = [], [], []
+        means, precisions, log_dets, owners = [], [], [], []
         for index in range(len(SHAPE_CLASSES)):
-            own = z[classes == index]
-            covariance = np.cov(own, rowvar=False)
-            diagonal = np.diag(np.maximum(np.diag(covariance), 1e-3))
-            covariance = (1 - self.shrinkage) * covariance + self.shrinkage * diagonal
-            covariance += 1e-3 * np.eye(len(covariance))
-            means.append(own.mean(axis=0))
-            precisions.append(np.linalg.inv(covariance))
-            log_dets.append(np.linalg.slogdet(covariance)[1])
+            for source in np.unique(sources):
+                own = z[(classes == index) & (sources == source)]
+                if len(own) <= z.shape[1]:
+                    continue
+                covariance = np.cov(own, rowvar=False)
+                diagonal = np.diag(np.maximum(np.diag(covariance), 1e-3))
+                covariance = (1 - self.shrinkage) * covariance + self.shrinkage * diagonal
+                covariance += 1e-3 * np.eye(len(covariance))
+                means.append(own.mean(axis=0))
+                precisions.append(np.linalg.inv(covariance))
+                log_dets.append(np.linalg.slogdet(covariance)[1])
+                owners.append(index)
+        owners = np.array(owners, dtype=np.int64)
+        counts = np.bincount(owners, minlength=len(SHAPE_CLASSES))
+        if np.any(counts == 0):
+            missing = [SHAPE_CLASSES[i] for i in np.flatnonzero(counts == 0)]
+            raise ValueError(f"too few training outlines of {', '.join(missing)}")
         self.means = np.array(means)
         self.precisions = np.array(precisions)
         self.log_dets = np.array(log_dets)
+        self.classes = owners
+        self.log_weights = -np.log(counts[owners])
         return self
 
     def log_likelihood(self, features: np.ndarray) -> np.ndarray:
@@ -466,22 +584,64 @@ class ShapeClassifier:
             raise RuntimeError("the shape classifier is not fitted")
         z = (np.asarray(features, dtype=np.float64) - self.centre) / self.scale
         offsets = z[:, None, :] - self.means[None]
-        distance = np.einsum("nci,cij,ncj->nc", offsets, self.precisions, offsets)
-        return -0.5 * (distance + self.log_dets[None])
+        distance = np.einsum("nki,kij,nkj->nk", offsets, self.precisions, offsets)
+        parts = -0.5 * (distance + self.log_dets[None]) + self.log_weights[None]
+        parts = np.where(np.isfinite(parts), parts, -np.inf)
+        scores = np.full((len(z), len(SHAPE_CLASSES)), -np.inf)
+        for index in range(len(SHAPE_CLASSES)):
+            own = parts[:, self.classes == index]
+            top = own.max(axis=1)
+            safe = np.where(np.isfinite(top), top, 0.0)
+            with np.errstate(divide="ignore"):  # log 0 = −inf: no Gaussian explains the row
+                scores[:, index] = safe + np.log(np.exp(own - safe[:, None]).sum(axis=1))
+        return scores
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities of descriptor rows (n × classes; equal priors), rows sum to 1.
+
+        A row no class explains at all (non-finite descriptors) gets equal probabilities.
+        """
+        if len(features) == 0:
+            return np.zeros((0, len(SHAPE_CLASSES)))
+        scores = self.log_likelihood(features)
+        top = scores.max(axis=1, keepdims=True)
+        weights = np.exp(scores - np.where(np.isfinite(top), top, 0.0))
+        total = weights.sum(axis=1, keepdims=True)
+        return np.where(total > 0, weights / np.maximum(total, 1e-300), 1 / len(SHAPE_CLASSES))
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Class indices (into SHAPE_CLASSES) of descriptor rows."""
         if len(features) == 0:
             return np.zeros(0, dtype=np.int64)
-        scores = self.log_likelihood(features)
-        scores = np.where(np.isfinite(scores), scores, -np.inf)
-        return scores.argmax(axis=1)
+        return self.log_likelihood(features).argmax(axis=1)
+
+
+# Sources of the shape classifier's training outlines (``shape_classifier``).
+DRAWN, SEGMENTED = 0, 1
 
 
 @cache
-def shape_classifier(per_class: int = 150, seed: int = 20240531) -> ShapeClassifier:
-    """The shape classifier fitted on simulated outlines (once per process and arguments)."""
-    return ShapeClassifier().fit(*synthetic_shapes(per_class, seed))
+def shape_classifier(
+    per_class: int = 150,
+    seed: int = 20240531,
+    segmented_images: int = SEGMENTED_IMAGES,
+    segmented_seed: int = 20240601,
+) -> ShapeClassifier:
+    """The shape classifier fitted on simulated outlines (once per process and arguments).
+
+    Two sources, one Gaussian each per class: ``per_class`` outlines per class drawn and
+    degraded like a segmentation's (``synthetic_shapes``), and the outlines the classical
+    baseline finds in ``segmented_images`` simulated micrographs (``segmented_shapes``;
+    0: none).
+    """
+    drawn, drawn_classes = synthetic_shapes(per_class, seed)
+    if segmented_images <= 0:
+        return ShapeClassifier().fit(drawn, drawn_classes)
+    found, found_classes = segmented_shapes(segmented_images, segmented_seed)
+    sources = np.repeat([DRAWN, SEGMENTED], [len(drawn), len(found)])
+    return ShapeClassifier().fit(
+        np.vstack([drawn, found]), np.concatenate([drawn_classes, found_classes]), sources
+    )
 
 
 def classify_shapes(instances: np.ndarray) -> np.ndarray:
@@ -514,8 +674,11 @@ def measure_particles(
         (largest and smallest caliper width of the pixels as squares, px), ``aspect_ratio``
         (max/min Feret), ``circularity`` (4πA/P², at most 1), ``solidity`` (area / convex-hull
         area), ``centroid_row``/``centroid_col`` (px), ``touches_border`` (a pixel on the image
-        edge), ``shape`` (one of ``SHAPE_CLASSES``); with a pixel size also ``area_nm2``,
-        ``diameter_nm``, ``feret_max_nm`` and ``feret_min_nm``.
+        edge), ``shape`` (one of ``SHAPE_CLASSES``: the most probable); with a pixel size also
+        ``area_nm2``, ``diameter_nm``, ``feret_max_nm`` and ``feret_min_nm``; with an image
+        ``mean_intensity``; last ``p_<class>`` for every class of ``SHAPE_CLASSES``: the shape
+        classifier's probability of that class (equal priors; they sum to 1), the evidence a
+        sample's dominant shape pools (``dominant_shape``).
 
     Raises:
         ValueError: Labels that are not a 2-D non-negative integer image, an image of another
@@ -532,9 +695,11 @@ def measure_particles(
     columns = dict(PX_COLUMNS) | (NM_COLUMNS if nm_per_px is not None else {})
     if image is not None:
         columns["mean_intensity"] = "float64"
+    columns |= PROBABILITY_COLUMNS
     if ids.size == 0:
         return pd.DataFrame({name: pd.Series(dtype=kind) for name, kind in columns.items()})
-    shapes = shape_classifier().predict(_features(geometry))
+    probabilities = shape_classifier().probabilities(_features(geometry))
+    shapes = probabilities.argmax(axis=1)
     table = pd.DataFrame(
         {
             "particle_id": ids,
@@ -559,7 +724,45 @@ def measure_particles(
         labels = instances.astype(np.int64, copy=False).ravel()
         sums = np.bincount(labels, weights=np.asarray(image, dtype=np.float64).ravel())
         table["mean_intensity"] = sums[ids] / geometry["area"]
+    for name, column in zip(PROBABILITY_COLUMNS, probabilities.T, strict=True):
+        table[name] = column
     return table.astype(columns)
+
+
+def dominant_shape(particles: pd.DataFrame) -> tuple[str | None, float]:
+    """The shape class of a set of particles (an image's, a sample's) and its share.
+
+    The class is the one that explains all measured particles (not touching the edge) best
+    together: the largest Σᵢ log max(pᵢ(class), ``SHAPE_EVIDENCE_FLOOR``) over their class
+    probabilities (``p_<class>`` of ``measure_particles``), a naive-Bayes pooling of the
+    evidence with a floor. Unlike a majority of the particles' own classes it weighs how sure
+    each particle is: a rod whose pieces are split between "rod" and "rectangle" with "rod"
+    always a close second is a rod sample. On the samples of ``benchmarks/tem_shapes.py``
+    (development seed 2025, 20 per class at 40 and 80 px, outlines by the classical baseline)
+    cut down to 5 random particles each, it was right for 97.3 % of them, the majority for
+    95.8 % (3 particles: 95.3 vs 92.4 %; floors of 0.001–0.2 gave 94.0–95.5 %). A table
+    without the probability columns (or with gaps in them) falls back to the majority.
+
+    Returns:
+        The class (None without measured particles) and the share of the measured particles
+        whose own class (``shape``) it is (NaN without any): how clear the shape is. A class
+        that wins on pooled evidence can hold less than half of the particles.
+    """
+    measured = particles[~particles["touches_border"].astype(bool)]
+    if len(measured) == 0:
+        return None, math.nan
+    names = list(PROBABILITY_COLUMNS)
+    evidence = (
+        measured[names].to_numpy(dtype=np.float64)
+        if set(names) <= set(measured.columns)
+        else np.full((len(measured), len(names)), np.nan)
+    )
+    if np.isfinite(evidence).all():
+        score = np.log(np.maximum(evidence, SHAPE_EVIDENCE_FLOOR)).sum(axis=0)
+        dominant = SHAPE_CLASSES[int(score.argmax())]
+    else:
+        dominant = str(measured["shape"].value_counts().index[0])
+    return dominant, float((measured["shape"] == dominant).mean())
 
 
 def summarise_image(particles: pd.DataFrame) -> dict[str, object]:
@@ -572,20 +775,17 @@ def summarise_image(particles: pd.DataFrame) -> dict[str, object]:
         ``mean_diameter`` and ``std_diameter`` (equivalent-circle diameter, sample standard
         deviation; in nm when the table has ``diameter_nm``, else px; NaN without measured
         particles, std NaN below two), ``size_distribution_pct`` (std/mean × 100, as the
-        recipe data state it), ``dominant_shape`` (most frequent class among measured
-        particles; None without any), ``dominant_shape_share`` (the share of measured
-        particles in that class: how clear the image's shape is; NaN without any) and
-        ``diameter_unit`` ("nm" or "px").
+        recipe data state it), ``dominant_shape`` (the class that explains the measured
+        particles best together, ``dominant_shape``; None without any),
+        ``dominant_shape_share`` (the share of measured particles whose own class it is: how
+        clear the image's shape is; NaN without any) and ``diameter_unit`` ("nm" or "px").
     """
     unit = "nm" if "diameter_nm" in particles.columns else "px"
     measured = particles[~particles["touches_border"].astype(bool)]
     diameters = measured[f"diameter_{unit}"].to_numpy(dtype=np.float64)
     mean = float(diameters.mean()) if diameters.size else math.nan
     std = float(diameters.std(ddof=1)) if diameters.size > 1 else math.nan
-    dominant, share = None, math.nan
-    if len(measured):
-        counts = measured["shape"].value_counts()
-        dominant, share = str(counts.index[0]), float(counts.iloc[0] / len(measured))
+    dominant, share = dominant_shape(particles)
     return {
         "count": len(particles),
         "count_measured": len(measured),

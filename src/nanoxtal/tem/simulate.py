@@ -976,31 +976,132 @@ def _draw_scale_bar(
     image: np.ndarray, instances: np.ndarray, nm_per_px: float, dark: bool, rng
 ) -> ScaleBar:
     """Burn the bar and its label (above it) into a random corner; mark them background."""
+    top = rng.random() < 0.5
+    left = rng.random() < 0.5
+    return burn_scale_bar(image, nm_per_px, dark=dark, corner=(top, left), instances=instances)
+
+
+def font_bitmap(text: str, font: str | Path, digit_px: int) -> np.ndarray:
+    """Anti-aliased coverage (0–1) of ``text`` in a font file, its digits ``digit_px`` tall.
+
+    Rendered by FreeType through matplotlib (``matplotlib.ft2font``), cropped to the ink.
+
+    Raises:
+        ValueError: A character the font lacks, or ``digit_px`` < 4.
+    """
+    from matplotlib import ft2font
+
+    if digit_px < 4:
+        raise ValueError(f"digit_px must be ≥ 4, got {digit_px}")
+    face = ft2font.FT2Font(str(font))
+    missing = sorted(c for c in set(text) - {" "} if face.get_char_index(ord(c)) == 0)
+    if missing:
+        raise ValueError(f"{Path(font).name} has no glyphs for {missing}")
+
+    def render(size: float, what: str) -> np.ndarray:
+        face.set_size(size, 72)
+        face.set_text(what, 0.0)
+        face.draw_glyphs_to_bitmap(antialiased=True)
+        return np.asarray(face.get_image(), dtype=np.float32) / 255
+
+    def ink_rows(bitmap: np.ndarray) -> int:
+        rows = np.flatnonzero((bitmap >= 0.5).any(axis=1))
+        return int(rows[-1] - rows[0] + 1) if rows.size else 0
+
+    # The height of a "0" grows in proportion to the size: one trial render gives the ratio.
+    trial = 100.0
+    size = trial * digit_px / max(ink_rows(render(trial, "0")), 1)
+    coverage = render(size, text)
+    rows = np.flatnonzero(coverage.max(axis=1) > 0.02)
+    cols = np.flatnonzero(coverage.max(axis=0) > 0.02)
+    if not rows.size:
+        return np.zeros((digit_px, 0), dtype=np.float32)
+    return coverage[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def burn_scale_bar(
+    image: np.ndarray,
+    nm_per_px: float,
+    *,
+    dark: bool = True,
+    corner: tuple[bool, bool] = (False, True),
+    length_nm: float | None = None,
+    unit: str = "nm",
+    font: str | Path | None = None,
+    digit_px: int | None = None,
+    outline: int = 0,
+    instances: np.ndarray | None = None,
+) -> ScaleBar:
+    """Burn a scale bar and its label (above the bar) into a corner of ``image``, in place.
+
+    The simulator's own bars use the built-in 5×7 font (``text_bitmap``); ``font`` draws the
+    label in a real font file instead, anti-aliased, as microscope software does (for testing
+    scale-bar readers on labels they were not built from).
+
+    Args:
+        image: uint8 or uint16 micrograph (height × width), changed in place.
+        nm_per_px: Pixel size (nm/px).
+        dark: Black bar and label (True) or white (False).
+        corner: (top, left): which corner.
+        length_nm: The bar's length (nm); None: ``scale_bar_length`` of the image width.
+        unit: "nm" or "µm" (the label then states ``length_nm / 1000``).
+        font: A TrueType/OpenType font file for the label; None: the built-in 5×7 font.
+        digit_px: Height of the label's digits (px); None: 3 % of the image height (the
+            5×7 font's scale rounded from it).
+        outline: Width (px) of a halo of the opposite colour around the label's glyphs, as
+            some microscopes draw (0: none).
+        instances: Instance labels to mark the bar and label as background (0) in, or None.
+
+    Returns:
+        The bar's truth; ``text`` is the label's box.
+
+    Raises:
+        ValueError: An unknown unit, or a label character the font lacks.
+    """
+    if unit not in ("nm", "µm"):
+        raise ValueError(f"unit must be 'nm' or 'µm', got {unit!r}")
     height, width = image.shape
-    length_nm = scale_bar_length(width, nm_per_px)
+    if length_nm is None:
+        length_nm = scale_bar_length(width, nm_per_px)
     length_px = round(length_nm / nm_per_px)
-    label = f"{length_nm:g} nm"
-    glyphs = text_bitmap(label, max(1, round(0.03 * height / 7)))
+    label = f"{length_nm:g} nm" if unit == "nm" else f"{length_nm / 1000:g} µm"
+    if font is None:
+        scale = max(1, round((digit_px or 0.03 * height) / 7))
+        glyphs = text_bitmap(label, scale).astype(np.float32)
+    else:
+        glyphs = font_bitmap(label, font, digit_px or max(4, round(0.03 * height)))
+    if outline > 0:
+        glyphs = np.pad(glyphs, outline)
     margin = max(2, round(0.03 * min(height, width)))
     thickness = max(2, round(0.008 * height))
     block_height = glyphs.shape[0] + glyphs.shape[0] // 3 + thickness
-    top = rng.random() < 0.5
-    left = rng.random() < 0.5
+    top, left = corner
     row = margin if top else height - margin - block_height
     col = margin if left else width - margin - max(length_px, glyphs.shape[1])
     row, col = max(row, 0), max(col, 0)
     text = (row, col, row + glyphs.shape[0], col + glyphs.shape[1])
     bar_row = row + block_height - thickness
     bar = (bar_row, col, bar_row + thickness, col + length_px)
-    value = 0 if dark else np.iinfo(image.dtype).max
+    top_value = np.iinfo(image.dtype).max
+    value = 0 if dark else top_value
     image[bar[0] : bar[2], bar[1] : bar[3]] = value
-    instances[bar[0] : bar[2], bar[1] : bar[3]] = 0
-    text_window = np.s_[text[0] : text[2], text[1] : text[3]]
-    clipped = glyphs[: image[text_window].shape[0], : image[text_window].shape[1]]
-    image[text_window][clipped] = value
-    instances[text_window][clipped] = 0
+    if instances is not None:
+        instances[bar[0] : bar[2], bar[1] : bar[3]] = 0
+    window = image[text[0] : text[2], text[1] : text[3]]
+    coverage = glyphs[: window.shape[0], : window.shape[1]]
+    if font is None and outline == 0:
+        window[coverage > 0] = value
+    else:
+        pixels = window.astype(np.float32)
+        if outline > 0:
+            halo = ndimage.grey_dilation(coverage, size=(2 * outline + 1,) * 2)
+            pixels += halo * (top_value - value - pixels)
+        pixels += coverage * (value - pixels)
+        window[...] = np.rint(pixels.clip(0, top_value)).astype(image.dtype)
+    if instances is not None:
+        instances[text[0] : text[2], text[1] : text[3]][coverage > 0] = 0
     return ScaleBar(
-        length_nm=length_nm,
+        length_nm=float(length_nm),
         length_px=length_px,
         label=label,
         bar=tuple(int(v) for v in bar),
