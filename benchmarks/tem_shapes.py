@@ -37,7 +37,15 @@ outlines (``segmented_shapes``) and the sample pools the particles' class probab
 (``dominant_shape``). At 20 px the classical baseline outlines the carbon film's grain as
 particles (3 in 4 of its instances match no particle), and its samples are mostly wrong
 (26 → 24 %); exact outlines 100 → 96 % (irregular 95 → 60 %: at 20 px they look like slightly
-rough spheres). ~3 min on 2 cores.
+rough spheres).
+
+As a lab's labels (``recipes.lab.label_samples`` keeps a sample whose dominant shape is
+supported by ≥ ``LabelSettings.min_shape_support`` of its particles, ``shape_support``), with
+two-class mixtures (half and half, 40 px), which should get no label: evaluation seed, classical
+outlines at ≥ 40 px, 99 % of the one-class samples labelled and right, none labelled wrong
+(rods at 40 px 70 %, every other class and size 100 %); 27 % of the mixtures labelled (exact
+outlines 31 %; median support 0.54–0.56). Ratio and threshold were chosen on the development
+seed. ~3 min on 2 cores.
 
     python benchmarks/tem_shapes.py --out results/benchmarks/tem_shapes.json [--quick]
 """
@@ -48,10 +56,12 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from nanoxtal.recipes.lab import LabelSettings
 from nanoxtal.tem.evaluate import match_instances
 from nanoxtal.tem.measure import measure_particles, shape_classifier, summarise_sample
 from nanoxtal.tem.segmentation import segment_image
@@ -61,6 +71,12 @@ DIAMETERS_PX = (20, 40, 80)
 SEGMENTERS = ("exact", "classical")
 EVALUATION_SEED = 2026
 DEVELOPMENT_SEED = 2025
+# The lab loop's least support of a sample's dominant shape (``dominant_shape_support``).
+MIN_SUPPORT = LabelSettings().min_shape_support
+# Mixtures: each class with the next one in SHAPE_CLASSES, half and half, at this diameter;
+# their seeds start here (clear of the one-class samples').
+MIXTURE_DIAMETER_PX = 40
+MIXTURE_SEED_OFFSET = 100_000
 
 
 def sample_settings(shape: str, diameter_px: float, side: float) -> MicrographSettings:
@@ -85,7 +101,8 @@ def score_sample(truth: np.ndarray, labels: np.ndarray, index: int) -> dict[str,
     good = match.matched_iou >= 0.5
     matched_ids = match.pred_ids[match.matched_pred[good]]
     matched = np.isin(table["particle_id"].to_numpy(), matched_ids) & inside
-    dominant = summarise_sample([table])["dominant_shape"]
+    statistics = summarise_sample([table])
+    dominant = statistics["dominant_shape"]
     shapes = table.loc[inside, "shape"]
     majority = str(shapes.value_counts().index[0]) if len(shapes) else None
     return {
@@ -96,6 +113,8 @@ def score_sample(truth: np.ndarray, labels: np.ndarray, index: int) -> dict[str,
         "dominant": dominant,
         "sample_right": dominant == SHAPE_CLASSES[index],
         "majority_right": majority == SHAPE_CLASSES[index],
+        "support": statistics["dominant_shape_support"],
+        "clear": bool(statistics["dominant_shape_support"] >= MIN_SUPPORT),
     }
 
 
@@ -117,6 +136,11 @@ def aggregate(rows: list[dict[str, object]]) -> dict[str, object]:
         "matched_particles": matched,
         "matched_particle_accuracy": _ratio(sum(row["matched_right"] for row in rows), matched),
         "samples_without_particles": sum(row["measured"] == 0 for row in rows),
+        # As a lab's label (recipes.lab.label_samples): kept only with a clear shape.
+        "labelled_right": _ratio(sum(r["clear"] and r["sample_right"] for r in rows), len(rows)),
+        "labelled_wrong": _ratio(
+            sum(r["clear"] and not r["sample_right"] for r in rows), len(rows)
+        ),
     }
 
 
@@ -172,6 +196,42 @@ def run(n: int, seed: int, side: float, diameters: tuple[int, ...]) -> dict[str,
     return results
 
 
+def mixtures(n: int, seed: int, side: float) -> dict[str, object]:
+    """Two-class samples (half and half), which should get no label: how many look clear.
+
+    Pair p mixes ``SHAPE_CLASSES[p]`` and the next class, ``MIXTURE_DIAMETER_PX`` across;
+    sample k is drawn from ``image_rng(seed, MIXTURE_SEED_OFFSET + p·n + k)``.
+    """
+    rows: dict[str, list[dict[str, object]]] = {segmenter: [] for segmenter in SEGMENTERS}
+    for pair, first in enumerate(SHAPE_CLASSES):
+        second = SHAPE_CLASSES[(pair + 1) % len(SHAPE_CLASSES)]
+        settings = replace(
+            sample_settings(first, MIXTURE_DIAMETER_PX, side),
+            shape_weights={first: 0.5, second: 0.5},
+        )
+        for k in range(n):
+            micrograph = simulate_micrograph(
+                settings, image_rng(seed, MIXTURE_SEED_OFFSET + pair * n + k)
+            )
+            image = micrograph.image.astype(np.float32) / 255
+            for segmenter in SEGMENTERS:
+                labels = (
+                    micrograph.instances if segmenter == "exact" else segment_image(image, None)
+                )
+                statistics = summarise_sample([measure_particles(labels, None)])
+                support = statistics["dominant_shape_support"]
+                rows[segmenter].append({"pair": f"{first} + {second}", "support": support})
+    return {
+        segmenter: {
+            "samples": len(found),
+            "labelled": _ratio(sum(r["support"] >= MIN_SUPPORT for r in found), len(found)),
+            "support_median": float(np.nanmedian([r["support"] for r in found])),
+            "labelled_pairs": sorted({r["pair"] for r in found if r["support"] >= MIN_SUPPORT}),
+        }
+        for segmenter, found in rows.items()
+    }
+
+
 def _cell(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{100 * value:.0f}"
 
@@ -199,7 +259,9 @@ def table(results: dict[str, object], diameters: tuple[int, ...]) -> str:
         lines.append(
             f"{segmenter} at ≥ 40 px: particles {_cell(found['particle_accuracy'])} %, samples"
             f" {_cell(found['sample_accuracy'])} % ({found['samples_right']}/{found['samples']};"
-            f" majority of the particles' classes {_cell(found['sample_accuracy_majority'])} %)"
+            f" majority of the particles' classes {_cell(found['sample_accuracy_majority'])} %);"
+            f" labelled (support ≥ {MIN_SUPPORT:.0%}) and right {_cell(found['labelled_right'])} %,"
+            f" labelled and wrong {_cell(found['labelled_wrong'])} %"
         )
     return "\n".join(lines)
 
@@ -219,6 +281,7 @@ def main() -> None:
     shape_classifier()
     fit_seconds = time.perf_counter() - start
     results = run(n, args.seed, args.side, diameters)
+    mixed = mixtures(max(1, n // 2), args.seed, args.side)
     seconds = time.perf_counter() - start
 
     from nanoxtal.environment import describe
@@ -239,6 +302,8 @@ def main() -> None:
         },
         "classes": list(SHAPE_CLASSES),
         "results": results,
+        "min_support": MIN_SUPPORT,
+        "mixtures": mixed,
         "shape_classifier_fit_s": fit_seconds,
         "seconds": seconds,
         "environment": describe(),
@@ -246,6 +311,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(results, diameters))
+    for segmenter, found in mixed.items():
+        print(
+            f"{segmenter}, two-class mixtures at {MIXTURE_DIAMETER_PX} px: labelled (support ≥"
+            f" {MIN_SUPPORT:.0%}) {_cell(found['labelled'])} % of {found['samples']}, median"
+            f" support {found['support_median']:.2f}"
+        )
     print(f"{seconds:.0f} s; written to {args.out}")
 
 

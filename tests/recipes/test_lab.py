@@ -77,7 +77,7 @@ def _lab(samples: list[str]) -> Lab:
     return Lab("demo", None, pd.DataFrame(rows), {s: [] for s in samples})  # type: ignore[arg-type]
 
 
-def _measured(sample, count=150, share=0.9, unit="nm", failed=0, error=None) -> dict:
+def _measured(sample, count=150, share=0.9, support=0.95, unit="nm", failed=0, error=None) -> dict:
     return {
         "sample": sample,
         "images": 2,
@@ -89,29 +89,34 @@ def _measured(sample, count=150, share=0.9, unit="nm", failed=0, error=None) -> 
         "size_distribution_pct": 10.0,
         "dominant_shape": "cube",
         "dominant_shape_share": share,
+        "dominant_shape_support": support,
         "diameter_unit": unit,
         "error": error,
     }
 
 
 def test_each_reason_a_sample_keeps_no_label():
-    names = ["good", "few", "nopixel", "failed", "mixed", "unmeasured"]
+    names = ["good", "cut", "few", "nopixel", "failed", "mixed", "unmeasured"]
     samples = pd.DataFrame(
         [
             _measured("good"),
+            # Under half of the particles' own classes, but supported by most (rods cut in
+            # pieces): a clear shape.
+            _measured("cut", share=0.4, support=0.9),
             _measured("few", count=40),
             _measured("nopixel", unit="px"),
             _measured("failed", failed=1),
-            _measured("mixed", share=0.3),
+            _measured("mixed", share=0.5, support=0.45),
         ]
     )
     summary = pd.DataFrame(
-        {"sample": names[:5], "pixel_size_source": ["scale_bar", "user", "none", "x", "y"]}
+        {"sample": names[:6], "pixel_size_source": ["scale_bar", "user", "user", "none", "x", "y"]}
     )
-    settings = LabelSettings(min_particles=100, min_shape_share=0.5)
+    settings = LabelSettings(min_particles=100, min_shape_support=0.5)
     labelled, rejects = label_samples(_lab(names), samples, summary, SHAPE_CLASSES, settings)
-    assert labelled["sample"].tolist() == ["good"]
-    assert labelled["shape"].tolist() == ["cube"] and labelled["size_nm"].tolist() == [8.0]
+    assert labelled["sample"].tolist() == ["good", "cut"]
+    assert labelled["shape"].tolist() == ["cube"] * 2 and labelled["size_nm"].tolist() == [8.0] * 2
+    assert labelled["dominant_shape_support"].tolist() == [0.95, 0.9]
     reasons = dict(zip(rejects["sample"], rejects["reason"], strict=True))
     assert reasons == {
         "few": "too few particles",
@@ -120,7 +125,9 @@ def test_each_reason_a_sample_keeps_no_label():
         "mixed": "no clear dominant shape",
         "unmeasured": "not measured",
     }
-    assert "40 measured < 100" in rejects.set_index("sample").loc["few", "detail"]
+    details = rejects.set_index("sample")["detail"]
+    assert "40 measured < 100" in details["few"]
+    assert details["mixed"] == "45% of the particles support cube < 50%"
 
 
 def test_malformed_sheets_name_file_row_and_column(tmp_path):

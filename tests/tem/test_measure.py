@@ -20,6 +20,7 @@ from nanoxtal.tem.measure import (
     segmentation_like,
     segmented_shapes,
     shape_classifier,
+    shape_support,
     size_histogram,
     summarise_image,
     summarise_sample,
@@ -237,6 +238,14 @@ def test_dominant_shape_pools_evidence_where_votes_fail():
     assert dominant_shape(table) == ("rod", pytest.approx(0.4))
     summary = summarise_image(table.assign(diameter_px=10.0))
     assert summary["dominant_shape"] == "rod" and summary["dominant_shape_share"] == 0.4
+    # Every measured particle finds "rod" about as likely as its own class: a clear rod
+    # sample, which "rectangle" is not (the whole rods give it 0.02 against 0.9).
+    assert summary["dominant_shape_support"] == 1.0
+    assert shape_support(table, "rectangle") == pytest.approx(0.6)
+    # A mixture: each particle sure of its own class, so each class is supported by its half.
+    mixture = particle_table([evidence(cube=0.95)] * 4 + [evidence(sphere=0.95)] * 4)
+    assert shape_support(mixture, "cube") == shape_support(mixture, "sphere") == 0.5
+    assert summarise_image(mixture.assign(diameter_px=10.0))["dominant_shape_support"] == 0.5
     # Without the probabilities (a table from elsewhere): the majority of the classes.
     votes = table.drop(columns=list(PROBABILITY_COLUMNS))
     assert dominant_shape(votes) == ("rectangle", pytest.approx(0.6))

@@ -58,7 +58,7 @@ rule recipes_label:
         "nanoxtal recipes label {params.root:q} --name {wildcards.lab} --measured {params.measured:q}"
         " --shapes {params.shapes:q} --out {output.labelled:q} --rejects {output.rejects:q}"
         " --min-particles {params.settings[min_particles]}"
-        " --min-shape-share {params.settings[min_shape_share]} > {log:q} 2>&1"
+        " --min-shape-support {params.settings[min_shape_support]} > {log:q} 2>&1"
 
 
 rule recipes_check:

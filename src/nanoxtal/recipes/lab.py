@@ -245,12 +245,14 @@ class LabelSettings:
     Attributes:
         min_particles: Least measured (not edge-touching) particles; the reference measured
             about 100 per sample.
-        min_shape_share: Least share of the measured particles in the dominant shape class;
-            below it the sample has no clear shape.
+        min_shape_support: Least share of the measured particles that support the dominant
+            shape (``dominant_shape_support``: the classifier does not rule it out for them,
+            ``nanoxtal.tem.measure.shape_support``); below it the sample has no clear shape
+            (e.g. a mixture of two).
     """
 
     min_particles: int = 100
-    min_shape_share: float = 0.5
+    min_shape_support: float = 0.6
 
 
 def _reject(lab: str, sample: str, reason: str, detail: str) -> dict[str, str]:
@@ -271,12 +273,13 @@ def _reasons(row: pd.Series, sources: set[str], settings: LabelSettings) -> list
         reasons.append(
             ("too few particles", f"{measured} measured < {settings.min_particles} required")
         )
-    share = row["dominant_shape_share"]
-    if measured and not (share >= settings.min_shape_share):
+    support = row["dominant_shape_support"]
+    if measured and not (support >= settings.min_shape_support):
         reasons.append(
             (
                 "no clear dominant shape",
-                f"{row['dominant_shape']} holds {share:.0%} < {settings.min_shape_share:.0%}",
+                f"{support:.0%} of the particles support {row['dominant_shape']}"
+                f" < {settings.min_shape_support:.0%}",
             )
         )
     return reasons
@@ -302,7 +305,8 @@ def label_samples(
     Returns:
         The labelled recipes (the tidy recipe columns, ``size_nm`` = pooled mean diameter,
         ``size_distribution_pct``, ``shape`` and ``shape_class``, ``particle_count``, with
-        provenance: ``lab``, ``sample``, ``dominant_shape_share``, ``images``,
+        provenance: ``lab``, ``sample``, ``dominant_shape_share``,
+        ``dominant_shape_support``, ``images``,
         ``pixel_size_source``, the lab's ``given_*`` values and ``measured_minus_given_nm``;
         ``doi`` is ``lab:<name>``, ``recipe_id`` negative so it never meets a published one),
         and one reject row per reason a sample has no label (``REJECT_COLUMNS``).
@@ -337,6 +341,7 @@ def label_samples(
                 "segmentation": True,
                 "lab": lab.name,
                 "dominant_shape_share": float(row["dominant_shape_share"]),
+                "dominant_shape_support": float(row["dominant_shape_support"]),
                 "images": int(row["images"]),
                 "pixel_size_source": ", ".join(sorted(sources)),
                 "measured_minus_given_nm": float(row["mean_diameter"]) - given,

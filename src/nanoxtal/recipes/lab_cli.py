@@ -38,7 +38,7 @@ def _label(args: argparse.Namespace) -> int:
 
     lab = read_lab(args.root, args.name)
     samples, summary = read_measured([args.measured / sample for sample in lab.micrographs])
-    settings = LabelSettings(args.min_particles, args.min_shape_share)
+    settings = LabelSettings(args.min_particles, args.min_shape_support)
     labelled, rejects = label_samples(
         lab, samples, summary, read_shape_classes(args.shapes), settings
     )
@@ -110,8 +110,8 @@ def add_lab_commands(
     label.add_argument("--rejects", type=Path, required=True, help="samples left out (.csv)")
     label.add_argument("--min-particles", type=int, default=100, help="least measured")
     label.add_argument(
-        "--min-shape-share", type=float, default=0.5,
-        help="least share of measured particles in the dominant shape",
+        "--min-shape-support", type=float, default=0.6,
+        help="least share of measured particles that support the dominant shape",
     )  # fmt: skip
     label.set_defaults(func=_label)
 

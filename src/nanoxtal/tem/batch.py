@@ -27,6 +27,7 @@ STATISTICS_COLUMNS = (
     "size_distribution_pct",
     "dominant_shape",
     "dominant_shape_share",
+    "dominant_shape_support",
     "diameter_unit",
 )
 # Columns of summary.csv (one row per image), in order.

@@ -85,6 +85,13 @@ PROBABILITY_COLUMNS = {f"p_{name}": "float64" for name in SHAPE_CLASSES}
 # A sample's dominant shape pools its particles' class probabilities (``dominant_shape``), each
 # floored here so that one odd particle (a speck, two merged) cannot veto a class.
 SHAPE_EVIDENCE_FLOOR = 0.01
+# A particle supports a shape when the classifier does not rule it out: it gives the shape at
+# least this fraction of the probability of the particle's likeliest class (``shape_support``).
+# Chosen with the lab loop's least support (recipes.lab.LabelSettings, 0.6) on the development
+# seed of benchmarks/tem_shapes.py: one-class samples at 40 and 80 px kept 97 % (classical
+# outlines; rods 67 %), half-and-half mixtures 21 %; a ratio of 0.5 kept 93 % (rods 25 %) and
+# 18 %.
+SHAPE_SUPPORT_RATIO = 0.05
 FEATURES = (
     "log_aspect",
     "circularity",
@@ -765,6 +772,31 @@ def dominant_shape(particles: pd.DataFrame) -> tuple[str | None, float]:
     return dominant, float((measured["shape"] == dominant).mean())
 
 
+def shape_support(particles: pd.DataFrame, shape: str | None) -> float:
+    """The share of the measured particles (not touching the edge) that support ``shape``.
+
+    A particle supports a shape when its probability of it is at least
+    ``SHAPE_SUPPORT_RATIO`` times that of its likeliest class: the classifier does not rule
+    the shape out for it. This tells a sample of one shape whose outlines
+    are ambiguous (rods a segmentation cut in pieces: "rectangle" by a hair, "rod" a close
+    second, so "rod" holds under half of the particles' own classes) from a mixture of two
+    shapes (each particle sure of its own). Without the probability columns it is the share
+    of particles whose own class (``shape``) it is.
+
+    Returns:
+        The share in [0, 1]; NaN without measured particles or without a shape.
+    """
+    measured = particles[~particles["touches_border"].astype(bool)]
+    if len(measured) == 0 or shape is None:
+        return math.nan
+    names = list(PROBABILITY_COLUMNS)
+    if not set(names) <= set(measured.columns):
+        return float((measured["shape"] == shape).mean())
+    evidence = measured[names].to_numpy(dtype=np.float64)
+    own = evidence[:, SHAPE_CLASSES.index(shape)]
+    return float(np.mean(own >= SHAPE_SUPPORT_RATIO * evidence.max(axis=1)))
+
+
 def summarise_image(particles: pd.DataFrame) -> dict[str, object]:
     """Image statistics of a particle table from ``measure_particles``.
 
@@ -778,7 +810,10 @@ def summarise_image(particles: pd.DataFrame) -> dict[str, object]:
         recipe data state it), ``dominant_shape`` (the class that explains the measured
         particles best together, ``dominant_shape``; None without any),
         ``dominant_shape_share`` (the share of measured particles whose own class it is: how
-        clear the image's shape is; NaN without any) and ``diameter_unit`` ("nm" or "px").
+        clear the image's shape is; NaN without any), ``dominant_shape_support`` (the share
+        of measured particles for which the classifier does not rule it out,
+        ``shape_support``: tells a one-shape sample with ambiguous outlines from a mixture) and
+        ``diameter_unit`` ("nm" or "px").
     """
     unit = "nm" if "diameter_nm" in particles.columns else "px"
     measured = particles[~particles["touches_border"].astype(bool)]
@@ -794,6 +829,7 @@ def summarise_image(particles: pd.DataFrame) -> dict[str, object]:
         "size_distribution_pct": 100 * std / mean if mean > 0 else math.nan,
         "dominant_shape": dominant,
         "dominant_shape_share": share,
+        "dominant_shape_support": shape_support(particles, dominant),
         "diameter_unit": unit,
     }
 
