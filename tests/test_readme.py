@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,3 +36,30 @@ def test_readme_lists_every_registered_dataset():
 
     for name in datasets():
         assert f"| `{name}` |" in README, f"README's data table lacks {name}"
+
+
+def test_the_example_lab_commands_plan_the_check(tmp_path, shared_data):
+    """The README's example-lab block, run as written (with the lab in a temporary folder) up to
+    a dry run of its snakemake line: that line once named its target after ``--configfile``,
+    which takes several files, so Snakemake read the target as a config file."""
+    block = re.search(r"```bash\n(nanoxtal recipes lab-example.+?)\n```", README, re.S)
+    assert block, "README lacks the example lab's commands"
+    lines = block.group(1).replace("example_lab", str(tmp_path / "example_lab")).splitlines()
+    assert [line.split()[0] for line in lines] == ["nanoxtal", "printf", "snakemake"]
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for line in lines[:2]:
+        subprocess.run(line, shell=True, cwd=tmp_path, env=env, check=True, capture_output=True)
+    arguments = [
+        str(tmp_path / word) if word == "lab.yaml" else word for word in shlex.split(lines[2])
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", *arguments[1:], "-n"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "recipes_check" in done.stdout and "lab_measure" in done.stdout
