@@ -254,9 +254,12 @@ def test_test_config_runs_the_whole_workflow(test_config_run):
     workdir, test_config, done = test_config_run
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((workdir / "results" / "xrd" / "structures_summary.json").read_text())
-    assert (
-        summary["kept"] + summary["rejected"] == test_config["xrd"]["structures"]["max_structures"]
-    )
+    # Each source gives its own seeded subset: Materials Project and AMCSD minerals.
+    limit = test_config["xrd"]["structures"]["max_structures"]
+    assert set(summary["per_source"]) == {"materials_project", "amcsd"}
+    for source in summary["per_source"].values():
+        assert source["structures"] == limit and source["read_share"] >= 0.95
+    assert summary["kept"] + summary["rejected"] == 2 * limit
     random = json.loads((workdir / "results" / "xrd" / "random_summary.json").read_text())
     # Per group 1: every space group missing from the training split gets one crystal.
     assert random["space_groups_in_train_after"] == 230 - random["unfilled"]
@@ -265,6 +268,7 @@ def test_test_config_runs_the_whole_workflow(test_config_run):
     assert peaks["id"].nunique() == summary["kept"] + random["crystals"]
     for log in (
         "data/import_xrd_mp.log",
+        "data/import_xrd_amcsd.log",
         "xrd/structures.log",
         "xrd/random.log",
         "xrd/simulate.log",
@@ -298,6 +302,9 @@ def test_test_config_runs_the_whole_workflow(test_config_run):
         "rruff_heldout/xrdnet/finetuned/space_group_top5_accuracy",
         "rruff_heldout/xrdnet/finetuned+library/space_group_accuracy",
         "mp_test/xrdnet/space_group_macro_f1",
+        # Issue 3's coverage per source: does it hold an analogue of each measured pattern?
+        "rruff_heldout/synthetic_lookup/materials_project/space_group_accuracy",
+        "rruff_heldout/synthetic_lookup/amcsd/space_group_accuracy",
     ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert (workdir / "results" / "xrd" / "models" / "best.ckpt").is_file()

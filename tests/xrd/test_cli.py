@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifWriter
 
 from nanoxtal import xrd
 from nanoxtal.cli import main
@@ -15,6 +16,12 @@ from nanoxtal.xrd.diffraction import PEAK_COLUMNS, stick_pattern
 from nanoxtal.xrd.library import build_library
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def structure_outputs(folder: Path) -> list[str]:
+    """The output options of ``nanoxtal xrd structures``, into ``folder``."""
+    outputs = ["--out", "s.parquet", "--rejects", "r.csv", "--summary", "s.json"]
+    return [str(folder / o) if "." in o else o for o in outputs] + ["--no-progress"]
 
 
 def rock_salt() -> Structure:
@@ -51,6 +58,58 @@ def test_simulate_processes_the_good_inputs_and_reports_the_bad(tmp_path, capsys
     assert peaks["intensity"].max() == 100
     expected = stick_pattern(rock_salt())
     assert len(peaks) == len(expected)
+
+
+def test_simulate_reads_cifs_fast_and_falls_back_to_pymatgen(tmp_path, capsys, monkeypatch):
+    """CIFs are read by the fast reader; one it refuses goes through pymatgen, and the output
+    says which path each structure took. Both give the same peaks."""
+    from nanoxtal.xrd import structures
+    from nanoxtal.xrd.cif import CifError
+
+    (tmp_path / "a.cif").write_text(rock_salt().to(fmt="cif"))
+    (tmp_path / "b.cif").write_text(rock_salt().to(fmt="cif"))
+    fast = structures.read_cif
+
+    def refuse_b(text):
+        if "refuse me" in text:
+            raise CifError("refused for the test")
+        return fast(text)
+
+    (tmp_path / "b.cif").write_text("# refuse me\n" + rock_salt().to(fmt="cif"))
+    monkeypatch.setattr(structures, "read_cif", refuse_b)
+    out = tmp_path / "peaks.parquet"
+    assert main(["xrd", "simulate", str(tmp_path), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "b: read by pymatgen" in printed and "a: read by" not in printed
+    assert "1 by the fast reader or from tables, 1 by pymatgen, 0 by neither" in printed
+    peaks = pd.read_parquet(out)
+    a, b = (peaks[peaks["id"] == name].reset_index(drop=True) for name in "ab")
+    assert np.allclose(a["two_theta"], b["two_theta"], atol=1e-5)
+    assert np.allclose(a["intensity"], b["intensity"], atol=1e-6)
+
+
+def test_simulate_with_workers_gives_the_same_table(tmp_path, capsys, monkeypatch, shared_data):
+    """Processes read and simulate chunks; the peak table is the same, in the same order, and
+    so are the errors (the sample holds one CIF neither reader accepts)."""
+    from nanoxtal.xrd import api
+
+    sample = pd.read_csv(shared_data / "xrd" / "amcsd_structures.csv.gz", nrows=300)
+    sample.iloc[::10].to_csv(tmp_path / "amcsd.csv", index=False)
+    monkeypatch.setattr(api, "SIMULATION_CHUNK", 7)  # several chunks of 30 structures
+    tables = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"peaks{workers}.parquet"
+        command = ["xrd", "simulate", str(tmp_path / "amcsd.csv"), "--out", str(out)]
+        assert main([*command, "--workers", workers, "--no-progress"]) == 1
+        tables.append(pd.read_parquet(out))
+        printed = capsys.readouterr()
+        assert "29 patterns" in printed.out and "1 by neither" in printed.out
+        assert (
+            "amcsd-0000132: invalid CIF" in printed.err
+            and "fast reader: occupancies" in printed.err
+        )
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    assert tables[0]["id"].iloc[0] == "amcsd-0000003"
 
 
 def test_simulate_takes_another_wavelength_in_angstrom(tmp_path):
@@ -91,22 +150,10 @@ def test_structures_then_simulate_from_the_table(tmp_path):
         }
     )
     table.to_csv(tmp_path / "in.csv", index=False)
-    args = [
-        "xrd",
-        "structures",
-        str(tmp_path / "in.csv"),
-        "--out",
-        str(tmp_path / "s.parquet"),
-        "--rejects",
-        str(tmp_path / "r.csv"),
-        "--summary",
-        str(tmp_path / "s.json"),
-        "--no-progress",
-    ]
-    assert main(args) == 0
+    assert main(["xrd", "structures", str(tmp_path / "in.csv"), *structure_outputs(tmp_path)]) == 0
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["kept"] == 1 and summary["rejected"] == 1 and summary["seed"] == 42
-    assert summary["reject_reasons"] == {"disordered": 1}
+    assert summary["kept"] == 2 and summary["rejected"] == 0 and summary["seed"] == 42
+    assert summary["per_source"]["file"]["read_share"] == 1.0
     assert (
         main(
             [
@@ -120,7 +167,41 @@ def test_structures_then_simulate_from_the_table(tmp_path):
         )
         == 0
     )
-    assert set(pd.read_parquet(tmp_path / "p.parquet")["id"]) == {"nacl"}
+    assert set(pd.read_parquet(tmp_path / "p.parquet")["id"]) == {"nacl", "alloy"}
+
+
+def test_structures_from_two_named_sources_keep_each_phase_once(tmp_path, capsys):
+    """Materials Project style (P1, symmetry detected) then AMCSD style (published setting and
+    space group, mineral name): halite in both is kept once, from the first source."""
+    p1 = rock_salt().get_primitive_structure().to(fmt="cif")
+    pd.DataFrame({"material_id": ["mp-22862"], "cif": [p1]}).to_csv(
+        tmp_path / "mp.csv", index=False
+    )
+    olivine = Structure.from_spacegroup(
+        "Pnma",
+        Lattice.orthorhombic(10.2, 6.0, 4.75),
+        [{"Mg": 0.9, "Fe": 0.1}, "Si", "O"],
+        [[0, 0, 0], [0.094, 0.25, 0.427], [0.092, 0.25, 0.766]],
+    )
+    published = [str(CifWriter(s, symprec=0.01)) for s in (rock_salt(), olivine)]
+    pd.DataFrame(
+        {"amcsd_id": ["0000041", "0009999"], "mineral": ["Halite", "Forsterite"], "cif": published}
+    ).to_csv(tmp_path / "amcsd.csv", index=False)
+    out = structure_outputs(tmp_path)
+    sources = [f"materials_project={tmp_path / 'mp.csv'}", f"amcsd={tmp_path / 'amcsd.csv'}"]
+    assert main(["xrd", "structures", *sources, "--published", "amcsd", *out]) == 0
+    table = pd.read_parquet(tmp_path / "s.parquet").set_index("id")
+    assert list(table.index) == ["mp-22862", "amcsd-0009999"]
+    assert table.loc["mp-22862", "mineral"] == "Halite"  # named by the copy dropped
+    forsterite = table.loc["amcsd-0009999"]
+    assert (forsterite["space_group"], forsterite["source"]) == (62, "amcsd")
+    assert sorted(set(forsterite["occupancy"])) == [0.1, 0.9, 1.0]
+    rejects = pd.read_csv(tmp_path / "r.csv")
+    assert rejects["reason"].str.startswith("duplicate").tolist() == [True]
+    summary = json.loads((tmp_path / "s.json").read_text())["per_source"]
+    assert summary["amcsd"]["read_share"] == 1.0 and summary["amcsd"]["kept"] == 1
+    assert main(["xrd", "structures", *sources, "--published", "icsd", *out]) == 1
+    assert "--published names no source: icsd" in capsys.readouterr().err
 
 
 def test_bad_wavelength_is_a_clear_error(tmp_path, capsys):

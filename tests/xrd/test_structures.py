@@ -13,12 +13,15 @@ from nanoxtal.xrd.structures import (
     StructureError,
     build_table,
     crystal_system,
+    drop_duplicate_phases,
     fill_space_groups,
     parse_cif,
     random_crystal,
     read_sources,
     split_by_formula,
+    split_by_formula_per_source,
     symmetrize,
+    table_row,
 )
 
 
@@ -76,10 +79,11 @@ def test_pattern_does_not_depend_on_the_cell_chosen():
     assert a.intensity == pytest.approx(b.intensity, abs=1e-6)
 
 
-def test_disordered_and_unscatterable_structures_are_rejected_with_a_reason():
+def test_disordered_sites_are_kept_and_unscatterable_elements_rejected():
     alloy = Structure(Lattice.cubic(3.7), [{"Cu": 0.5, "Au": 0.5}], [[0, 0, 0]])
-    with pytest.raises(StructureError, match="disordered"):
-        symmetrize("alloy", alloy)
+    labelled = symmetrize("alloy", alloy)
+    assert labelled.space_group == 221  # one mixed site: simple cubic, not P1
+    assert dict(labelled.structure[0].species.as_dict()) == {"Cu": 0.5, "Au": 0.5}
     with pytest.raises(StructureError, match="scattering factors for Og"):
         symmetrize("og", Structure(Lattice.cubic(4.0), ["Og"], [[0, 0, 0]]))
 
@@ -132,19 +136,78 @@ def test_read_sources_handles_files_folders_tables_and_bad_inputs(tmp_path):
 
 def test_build_table_labels_rejects_and_round_trips_to_the_simulator(tmp_path):
     good = primitive_rock_salt().to(fmt="cif")
-    alloy = Structure(Lattice.cubic(3.7), [{"Cu": 0.5, "Au": 0.5}], [[0, 0, 0]]).to(fmt="cif")
-    pd.DataFrame({"material_id": ["a", "b", "c"], "cif": [good, alloy, "garbage"]}).to_csv(
-        tmp_path / "t.csv", index=False
+    alloy = Structure(Lattice.cubic(3.7), [{"Cu": 0.5, "Au": 0.5}], [[0, 0, 0]])
+    table = pd.DataFrame(
+        {"material_id": ["a", "b", "c"], "cif": [good, alloy.to(fmt="cif"), "garbage"]}
     )
-    table, rejects = build_table(read_sources([tmp_path / "t.csv"]), progress=False)
-    assert list(table["id"]) == ["a"]
+    table.to_csv(tmp_path / "t.csv", index=False)
+    table, rejects = build_table(read_sources([tmp_path / "t.csv"], "mine"), progress=False)
+    assert list(table.columns) == list(TABLE_COLUMNS)
+    assert list(table["id"]) == ["a", "b"] and set(table["source"]) == {"mine"}
     assert table.loc[0, "space_group"] == 225 and table.loc[0, "n_sites"] == 8
-    reasons = dict(zip(rejects["id"], rejects["reason"], strict=True))
-    assert reasons["b"].startswith("disordered") and reasons["c"].startswith("invalid CIF")
-    row = table.iloc[0]
-    from_table = stick_pattern(SiteArrays.from_ordered(row.lattice, row.species, row.frac_coords))
-    direct = stick_pattern(primitive_rock_salt())
-    assert from_table.intensity == pytest.approx(direct.intensity, abs=1e-6)
+    assert list(table.loc[0, "occupancy"]) == [1.0] * 8
+    # The mixed site is one position holding two entries, each with its occupancy.
+    assert list(table.loc[1, "species"]) == ["Cu", "Au"] and table.loc[1, "n_sites"] == 1
+    assert list(table.loc[1, "occupancy"]) == [0.5, 0.5]
+    assert rejects.loc[0, "id"] == "c" and rejects.loc[0, "reason"].startswith("invalid CIF")
+    assert rejects.loc[0, "source"] == "mine"
+    for row, structure in zip(table.itertuples(), [primitive_rock_salt(), alloy], strict=True):
+        sites = SiteArrays.from_entries(row.lattice, row.species, row.frac_coords, row.occupancy)
+        assert stick_pattern(sites).intensity == pytest.approx(
+            stick_pattern(structure).intensity, abs=1e-6
+        )
+
+
+def test_tables_name_their_sources_and_keep_amcsd_ids_and_minerals(tmp_path):
+    cif = primitive_rock_salt().to(fmt="cif")
+    pd.DataFrame(
+        {"amcsd_id": ["0000003", "0012345"], "mineral": ["Halite", None], "cif": [cif, cif]}
+    ).to_csv(tmp_path / "amcsd.csv", index=False)
+    sources = list(read_sources([tmp_path / "amcsd.csv"], "amcsd"))
+    assert [s.id for s in sources] == ["amcsd-0000003", "amcsd-0012345"]
+    assert [s.mineral for s in sources] == ["Halite", None]
+    assert {s.database for s in sources} == {"amcsd"}
+
+
+def test_split_per_source_leaves_the_first_source_as_it_was_alone():
+    first = [f"A{i}B" for i in range(60)]
+    second = [f"C{i}D" for i in range(40)] + first[:10]
+    alone = split_by_formula(first, (0.8, 0.1, 0.1), seed=5)
+    both = split_by_formula_per_source(
+        first + second, ["mp"] * 60 + ["amcsd"] * 50, (0.8, 0.1, 0.1), seed=5
+    )
+    assert both[:60] == alone
+    split_of = dict(zip(first + second, both, strict=True))
+    # A formula the first source holds keeps its split in the second: none in two splits.
+    assert [split_of[f] for f in first[:10]] == both[100:]
+    assert pd.Series(both[60:100]).value_counts().to_dict() == {"train": 32, "val": 4, "test": 4}
+
+
+def _row(row_id, source, structure, mineral=None):
+    return table_row(symmetrize(row_id, structure), source, mineral)
+
+
+def rock_salt(a: float) -> Structure:
+    return Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+
+
+def test_a_phase_two_sources_hold_is_kept_once_from_the_first():
+    rows = [
+        _row("mp-1", "materials_project", rock_salt(5.64)),
+        # The same phase, given in its primitive cell and 1 % larger: one copy.
+        _row("amcsd-1", "amcsd", rock_salt(5.70).get_primitive_structure(), "Halite"),
+        # 10 % larger: another phase (e.g. measured at high temperature), kept.
+        _row("amcsd-2", "amcsd", rock_salt(6.20), "Halite"),
+        # Two copies within one source are never merged.
+        _row("mp-2", "materials_project", rock_salt(5.641)),
+    ]
+    table, dropped = drop_duplicate_phases(pd.DataFrame(rows))
+    assert list(table["id"]) == ["mp-1", "amcsd-2", "mp-2"]
+    assert table.loc[0, "mineral"] == "Halite"  # the kept copy takes the mineral's name
+    assert list(dropped["id"]) == ["amcsd-1"] and "mp-1" in dropped.loc[0, "reason"]
+    assert dropped.loc[0, "reason"].startswith("duplicate") and dropped.loc[0, "source"] == "amcsd"
 
 
 def test_real_materials_project_sample_in_two_processes(shared_data):

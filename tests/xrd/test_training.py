@@ -11,7 +11,7 @@ from pymatgen.core import Lattice, Structure
 from nanoxtal.cli import main
 from nanoxtal.environment import describe
 from nanoxtal.train import TrainerSettings
-from nanoxtal.xrd.datamodule import XrdDataModule
+from nanoxtal.xrd.datamodule import XrdDataModule, source_sampling_weights
 from nanoxtal.xrd.diffraction import stick_pattern
 from nanoxtal.xrd.evaluate import predict_files
 from nanoxtal.xrd.library import nearest_neighbour
@@ -64,6 +64,37 @@ def test_datamodule_renders_fresh_training_and_fixed_validation(tiny_tables):
     loader = data.train_dataloader()
     a, b = next(iter(loader))["pattern"], next(iter(loader))["pattern"]
     assert a.shape[1] == 8500 and not torch.equal(a, b)
+
+
+def test_source_weights_decide_how_often_each_source_is_drawn(tiny_tables, tmp_path):
+    _, peaks, table = tiny_tables
+    # Name the sources of the training structures: the first two "amcsd", the rest "mp".
+    named = table.copy()
+    train = np.flatnonzero(named["split"] == "train")
+    named["source"] = "mp"
+    named.loc[train[:2], "source"] = "amcsd"
+    named.to_parquet(tmp_path / "named.parquet", index=False)
+
+    def drawn(weights):
+        data = XrdDataModule(
+            str(tmp_path / "named.parquet"),
+            str(peaks),
+            batch_size=2,
+            train_per_epoch=2,
+            seed=0,
+            source_weights=weights,
+        )
+        data.setup()
+        rows = list(data.train_dataloader().sampler)
+        return set(data.subset("train").sources[rows])
+
+    assert drawn({"mp": 0.0}) == {"amcsd"}
+    assert drawn({"amcsd": 0.0}) == {"mp"}
+    with pytest.raises(ValueError, match="'rruff': no such source"):
+        drawn({"rruff": 2.0})
+    with pytest.raises(ValueError, match="must be ≥ 0"):
+        source_sampling_weights(np.array(["mp"]), {"mp": -1.0})
+    assert source_sampling_weights(np.array(["mp", "amcsd"]), {"amcsd": 3.0}).tolist() == [1, 3]
 
 
 def test_each_dataloader_worker_draws_its_own_effects(tiny_tables):

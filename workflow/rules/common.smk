@@ -69,6 +69,19 @@ def debye_waller_option():
 XRD_ARCHITECTURES = list(config["xrd"]["train"]["architectures"])
 # Measured patterns the published XRD model is run on at the end of the workflow.
 XRD_MEASURED = ["xrd_autoanalyzer", "xrd_alab"]
+# Structure sources whose dataset this run imports, in order of preference.
+XRD_SOURCES = [
+    source for source in config["xrd"]["structures"]["sources"] if source["dataset"] in DATASET_NAMES
+]
+
+
+def xrd_source_arguments():
+    """`NAME=PATH ... --published NAME` of `nanoxtal xrd structures` for XRD_SOURCES."""
+    named = [f"{s['name']}={dataset_dir(s['dataset'])}/{s['file']}" for s in XRD_SOURCES]
+    published = [
+        f"--published {s['name']}" for s in XRD_SOURCES if s.get("symmetry") == "published"
+    ]
+    return " ".join([*(shlex.quote(n) for n in named), *published])
 
 
 def trainer_settings(epochs):
@@ -180,7 +193,7 @@ def lab_measured(lab):
 def all_targets():
     """Final outputs of the default run (grows as stages land)."""
     targets = [dataset_dir(name) for name in DATASET_NAMES]
-    if "xrd_mp" in DATASET_NAMES:
+    if XRD_SOURCES:
         targets += ["results/xrd/peaks.parquet", "results/xrd/structures_summary.json"]
         if "xrd_rruff" in DATASET_NAMES:
             targets += ["results/xrd/metrics.json", "results/xrd/models/best.ckpt"]

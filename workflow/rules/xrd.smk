@@ -8,13 +8,13 @@ wildcard_constraints:
 
 rule xrd_structures:
     input:
-        dataset_dir("xrd_mp"),
+        [dataset_dir(source["dataset"]) for source in XRD_SOURCES],
     output:
         table="results/xrd/structures.parquet",
         rejects="results/xrd/rejects.csv",
         summary="results/xrd/structures_summary.json",
     params:
-        cif_table=lambda wildcards, input: f"{input[0]}/mp_structures.csv.gz",
+        sources=xrd_source_arguments(),
         settings=config["xrd"]["structures"],
         seed=config["seed"],
         max_structures=max_structures_option(),
@@ -30,7 +30,7 @@ rule xrd_structures:
     conda:
         "../../envs/xrd.yaml"
     shell:
-        "nanoxtal xrd structures {params.cif_table:q} --out {output.table:q}"
+        "nanoxtal xrd structures {params.sources} --out {output.table:q}"
         " --rejects {output.rejects:q} --summary {output.summary:q}"
         " --symprec {params.settings[symprec]} --angle-tolerance {params.settings[angle_tolerance]}"
         " --split {params.split} --seed {params.seed} {params.max_structures}"

@@ -14,8 +14,10 @@ Modules that import PyTorch are imported on first use, so ``simulate`` stays lig
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -32,8 +34,19 @@ from nanoxtal.models import (
     choose_model,
     published_library,
 )
-from nanoxtal.xrd.diffraction import SimulationError, StickPattern, peak_table, stick_pattern
-from nanoxtal.xrd.structures import StructureInputs, simulation_inputs
+from nanoxtal.xrd.diffraction import (
+    SimulationError,
+    SiteArrays,
+    StickPattern,
+    peak_table,
+    stick_pattern,
+)
+from nanoxtal.xrd.structures import (
+    Simulable,
+    StructureInputs,
+    simulation_items,
+    simulation_sources,
+)
 
 if TYPE_CHECKING:
     from nanoxtal.xrd.io import Measured
@@ -105,15 +118,79 @@ def stick_patterns(
         ValueError: An unknown wavelength or a 2θ range outside 0-180°: no structure can be
             simulated.
     """
-    inputs = simulation_inputs(structures)
-    for structure_id, item in tqdm(inputs, desc="simulate", unit="structure", disable=not progress):
-        if isinstance(item, str):
-            yield structure_id, SimulationError(item)
-            continue
-        try:
-            yield structure_id, stick_pattern(item, wavelength, two_theta, debye_waller)
-        except SimulationError as error:
-            yield structure_id, error
+    for structure_id, item, _ in read_and_simulate(
+        structures, wavelength, two_theta, debye_waller, progress
+    ):
+        yield structure_id, item
+
+
+# How a structure reached the simulator (``read_and_simulate``).
+READ_PATHS = ("arrays", "pymatgen", "unread")
+
+
+def read_and_simulate(
+    structures: StructureInputs,
+    wavelength: str | float = "CuKa",
+    two_theta: tuple[float, float] = (5.0, 90.0),
+    debye_waller: float | None = None,
+    progress: bool = False,
+    workers: int = 1,
+) -> Iterator[tuple[str, StickPattern | SimulationError, str]]:
+    """``stick_patterns`` saying which path each structure took (``READ_PATHS``).
+
+    ``arrays``: read by the fast CIF reader, or from a structure table, straight into arrays;
+    ``pymatgen``: a pymatgen ``Structure`` (given as such, or a CIF the fast reader refused and
+    pymatgen read); ``unread``: neither could read it. With ``workers`` > 1, processes read and
+    simulate chunks of the inputs; the order and the results are the same.
+    """
+    settings = (wavelength, two_theta, debye_waller)
+    bar = tqdm(desc="simulate", unit="structure", disable=not progress)
+    if workers <= 1:
+        for structure_id, item in simulation_items(simulation_sources(structures)):
+            bar.update()
+            yield _simulate_one(structure_id, item, settings)
+        bar.close()
+        return
+    # Reading (parsing the CIF) is most of the work: each process reads and simulates its own
+    # chunk of sources; results come back in input order.
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        chunks = _chunks(structures, SIMULATION_CHUNK)
+        for results in pool.map(_simulate_chunk, chunks, itertools.repeat(settings)):
+            bar.update(len(results))
+            yield from results
+    bar.close()
+
+
+# Structures a process reads and simulates at once (``read_and_simulate`` with workers).
+SIMULATION_CHUNK = 128
+
+
+def _simulate_one(
+    structure_id: str, item: Simulable, settings: tuple
+) -> tuple[str, StickPattern | SimulationError, str]:
+    if isinstance(item, str):
+        return structure_id, SimulationError(item), "unread"
+    path = "arrays" if isinstance(item, SiteArrays) else "pymatgen"
+    try:
+        return structure_id, stick_pattern(item, *settings), path
+    except SimulationError as error:
+        return structure_id, error, path
+
+
+def _chunks(structures: StructureInputs, size: int) -> Iterator[list[tuple[str, object]]]:
+    """The inputs in chunks of ``size``, unread: CIF sources as text, the rest as they come."""
+    chunk: list[tuple[str, object]] = []
+    for entry in simulation_sources(structures):
+        chunk.append(entry)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _simulate_chunk(chunk: list[tuple[str, object]], settings: tuple) -> list[tuple]:
+    return [_simulate_one(i, item, settings) for i, item in simulation_items(chunk)]
 
 
 def simulate(

@@ -29,10 +29,27 @@ def _write_json(path: Path, record: dict) -> None:
         partial.write_text(json.dumps(record, indent=2) + "\n")
 
 
+def _named_source(text: str) -> tuple[str, Path]:
+    """``NAME=PATH`` or ``PATH`` (name ``file``)."""
+    name, separator, path = text.partition("=")
+    if not separator:
+        return "file", Path(text)
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH or PATH")
+    return name, Path(path)
+
+
 def _structures(args: argparse.Namespace) -> int:
     from nanoxtal.xrd.structures import build_table, random_subset, read_sources, table_summary
 
-    sources = random_subset(list(read_sources(args.sources)), args.max_structures, args.seed)
+    sources = []
+    for name, path in args.sources:
+        read = list(read_sources([path], name))
+        sources.extend(random_subset(read, args.max_structures, args.seed))
+    unknown = set(args.published) - {name for name, _ in args.sources}
+    if unknown:
+        _error(f"--published names no source: {', '.join(sorted(unknown))}")
+        return EXIT_FAILED
     table, rejects = build_table(
         sources,
         symprec=args.symprec,
@@ -41,6 +58,7 @@ def _structures(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         progress=not args.no_progress,
+        published=args.published,
     )
     with atomic_write(args.out) as partial:
         table.to_parquet(partial, index=False)
@@ -89,21 +107,31 @@ def _random(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from nanoxtal.xrd.api import stick_patterns
+    from collections import Counter
+
+    from nanoxtal.xrd.api import read_and_simulate
     from nanoxtal.xrd.diffraction import SimulationError, peak_table
 
-    patterns, failed = [], 0
+    patterns, failed, paths = [], 0, Counter()
     options = (args.wavelength, tuple(args.two_theta), args.debye_waller, not args.no_progress)
-    for structure_id, result in stick_patterns(args.structures, *options):
+    simulated = read_and_simulate(args.structures, *options, workers=args.workers)
+    for structure_id, result, path in simulated:
+        paths[path] += 1
         if isinstance(result, SimulationError):
             failed += 1
             _error(f"{structure_id}: {result}")
-        else:
-            patterns.append((structure_id, result))
+            continue
+        if path == "pymatgen":
+            print(f"{structure_id}: read by pymatgen (the fast CIF reader refused it)")
+        patterns.append((structure_id, result))
     table = peak_table(patterns)
     with atomic_write(args.out) as partial:
         table.to_parquet(partial, index=False)
-    print(f"{len(patterns)} patterns ({len(table)} peaks) written to {args.out}; {failed} failed")
+    print(
+        f"{len(patterns)} patterns ({len(table)} peaks) written to {args.out}; {failed} failed; "
+        f"read: {paths['arrays']} by the fast reader or from tables, {paths['pymatgen']} by "
+        f"pymatgen, {paths['unread']} by neither"
+    )
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -250,7 +278,23 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
     structures = verbs.add_parser(
         "structures", help="symmetrize, label and split structures (CIF files/folders, CSV)"
     )
-    structures.add_argument("sources", nargs="+", type=Path, metavar="SOURCE")
+    structures.add_argument(
+        "sources",
+        nargs="+",
+        type=_named_source,
+        metavar="[NAME=]SOURCE",
+        help="CIF file, folder of CIFs or CSV(.gz) with a cif column, named by the source it "
+        "is (the table's `source` column; default 'file'); a phase two sources hold is kept "
+        "from the first",
+    )
+    structures.add_argument(
+        "--published",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a source whose CIFs' own space groups and settings are used (e.g. AMCSD); "
+        "others have their symmetry detected",
+    )
     structures.add_argument("--out", type=Path, required=True, help="structure table (.parquet)")
     structures.add_argument("--rejects", type=Path, required=True, help="rejects, reasons (.csv)")
     structures.add_argument("--summary", type=Path, help="counts, seed and split settings (.json)")
@@ -260,7 +304,9 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         "--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST")
     )
     structures.add_argument("--seed", type=int, default=42)
-    structures.add_argument("--max-structures", type=int, help="random subset of this size")
+    structures.add_argument(
+        "--max-structures", type=int, help="random subset of this size of each source"
+    )
     structures.add_argument("--workers", type=int, default=1, help="processes")
     structures.add_argument("--no-progress", action="store_true")
     structures.set_defaults(func=_structures)
@@ -293,6 +339,7 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         "--two-theta", type=float, nargs=2, default=(5.0, 90.0), metavar=("MIN", "MAX")
     )
     simulate.add_argument("--debye-waller", type=float, help="isotropic B for all atoms, Å²")
+    simulate.add_argument("--workers", type=int, default=1, help="processes")
     simulate.add_argument("--no-progress", action="store_true")
     simulate.set_defaults(func=_simulate)
     _add_model_commands(verbs)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
 from nanoxtal.xrd.profiles import Augmentation, Renderer, make_batch
 
@@ -34,6 +35,7 @@ class StickSet:
         lattices: Per structure: lattice vectors as rows (3, 3), Å.
         crystal_system: Labels 0-6.
         space_group: Labels 1-230.
+        sources: The source of each structure (``materials_project``, ``amcsd``, ``random``…).
     """
 
     ids: np.ndarray
@@ -41,6 +43,7 @@ class StickSet:
     lattices: np.ndarray
     crystal_system: np.ndarray
     space_group: np.ndarray
+    sources: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -53,6 +56,7 @@ class StickSet:
             lattices=self.lattices[rows],
             crystal_system=self.crystal_system[rows],
             space_group=self.space_group[rows],
+            sources=self.sources[rows],
         )
 
 
@@ -74,9 +78,8 @@ def load_sticks(
     Returns:
         The stick set and the split (train/val/test) of each structure.
     """
-    columns = ["id", "split", "space_group", "crystal_system", "lattice"]
     paths = [structures] if isinstance(structures, str | Path) else list(structures)
-    table = pd.concat([pd.read_parquet(path, columns=columns) for path in paths], ignore_index=True)
+    table = pd.concat([_read_labels(path) for path in paths], ignore_index=True)
     if table["id"].duplicated().any():
         duplicated = table.loc[table["id"].duplicated(), "id"].iloc[0]
         raise ValueError(f"structure id {duplicated!r} appears twice in {[str(p) for p in paths]}")
@@ -84,12 +87,45 @@ def load_sticks(
     return join_sticks(table, peak_table, min_intensity), table["split"].to_numpy()
 
 
+# Source of the rows of a table written before tables named their sources.
+UNNAMED_SOURCE = "file"
+
+
+def _read_labels(path: Path | str) -> pd.DataFrame:
+    """The columns ``load_sticks`` needs of one structure table."""
+    columns = ["id", "split", "space_group", "crystal_system", "lattice"]
+    present = set(pq.read_schema(path).names)
+    table = pd.read_parquet(path, columns=columns + ["source"] * ("source" in present))
+    if "source" not in present:
+        table["source"] = UNNAMED_SOURCE
+    return table
+
+
+def source_sampling_weights(sources: np.ndarray, weights: Mapping[str, float]) -> np.ndarray:
+    """Per-structure draw weights: a structure of source ``s`` weighs ``weights[s]`` (else 1).
+
+    Minerals are a fifth of the structures but what gets measured: ``{"amcsd": 3}`` draws each
+    mineral three times as often as a structure of another source.
+
+    Raises:
+        ValueError: A weight that is negative, or names a source absent from ``sources``.
+    """
+    present = set(sources.tolist())
+    for name, weight in weights.items():
+        if name not in present:
+            raise ValueError(f"source weight for {name!r}: no such source (have {sorted(present)})")
+        if weight < 0:
+            raise ValueError(f"source weight for {name!r} must be ≥ 0, got {weight}")
+    return np.array([float(weights.get(s, 1.0)) for s in sources.tolist()])
+
+
 def join_sticks(table: pd.DataFrame, peaks: pd.DataFrame, min_intensity: float = 0.05) -> StickSet:
     """The stick patterns of the structures of ``table``, in its order.
 
     Args:
-        table: One row per structure: ``id``, ``space_group``, ``crystal_system`` and
-            ``lattice`` (9 components of the lattice vectors as rows, Å).
+        table: One row per structure: ``id``, ``space_group``, ``crystal_system``,
+            ``lattice`` (9 components of the lattice vectors as rows, Å) and, optionally,
+            ``source``.
         peaks: Peak table (``nanoxtal.xrd.diffraction.peak_table``): ``id, h, k, l, d``
             (Å) and ``intensity`` (of 100); peaks of other structures are ignored.
         min_intensity: Peaks weaker than this (of 100) are dropped: invisible once rendered.
@@ -113,6 +149,11 @@ def join_sticks(table: pd.DataFrame, peaks: pd.DataFrame, min_intensity: float =
         lattices=np.stack(table["lattice"].to_numpy()).reshape(-1, 3, 3),
         crystal_system=table["crystal_system"].to_numpy(),
         space_group=table["space_group"].to_numpy(),
+        sources=(
+            table["source"].astype(str).to_numpy()
+            if "source" in table.columns
+            else np.full(len(table), UNNAMED_SOURCE)
+        ),
     )
 
 
@@ -226,6 +267,8 @@ class XrdDataModule(pl.LightningDataModule):
         seed: Seed of subsets, sampling and random effects.
         min_intensity: Peaks weaker than this (of 100) are not rendered.
         num_workers: DataLoader worker processes.
+        source_weights: Per-structure draw weight of each source's training structures
+            (``source_sampling_weights``); ``None`` or empty: every structure alike.
     """
 
     def __init__(
@@ -240,6 +283,7 @@ class XrdDataModule(pl.LightningDataModule):
         seed: int = 42,
         min_intensity: float = 0.05,
         num_workers: int = 0,
+        source_weights: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -282,12 +326,20 @@ class XrdDataModule(pl.LightningDataModule):
         )
         sampler = None
         if training:
-            sampler = RandomSampler(
-                _Indices(len(subset)),
-                replacement=False,
-                num_samples=min(self.hparams.train_per_epoch or len(subset), len(subset)),
-                generator=torch.Generator().manual_seed(self.hparams.seed),
-            )
+            count = min(self.hparams.train_per_epoch or len(subset), len(subset))
+            generator = torch.Generator().manual_seed(self.hparams.seed)
+            if self.hparams.source_weights:
+                weights = source_sampling_weights(subset.sources, self.hparams.source_weights)
+                sampler = WeightedRandomSampler(
+                    weights.tolist(), count, replacement=False, generator=generator
+                )
+            else:
+                sampler = RandomSampler(
+                    _Indices(len(subset)),
+                    replacement=False,
+                    num_samples=count,
+                    generator=generator,
+                )
         return DataLoader(
             _Indices(len(subset)),
             batch_size=self.hparams.batch_size,

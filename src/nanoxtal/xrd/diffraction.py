@@ -27,7 +27,7 @@ from functools import cache
 import numpy as np
 import pandas as pd
 from pymatgen.analysis.diffraction.xrd import ATOMIC_SCATTERING_PARAMS
-from pymatgen.core import Element, Structure
+from pymatgen.core import Element, Lattice, Structure
 
 from nanoxtal.xrd.radiation import wavelength_of
 
@@ -164,15 +164,24 @@ class SiteArrays:
     occupancy: np.ndarray
 
     @classmethod
-    def from_ordered(
-        cls, lattice: Sequence[float], species: Sequence[str], frac_coords: Sequence[float]
+    def from_entries(
+        cls,
+        lattice: Sequence[float],
+        species: Sequence[str],
+        frac_coords: Sequence[float],
+        occupancy: Sequence[float] | None = None,
     ) -> SiteArrays:
-        """Build from an ordered structure stored flat (as in the structure table).
+        """Build from a structure stored flat (as in the structure table).
+
+        A partially occupied site holding several elements is stored as one entry per element
+        at the same position; the structure factor is linear in the occupancies, so the entries
+        sum to that site's scattering.
 
         Args:
             lattice: The 9 components of the lattice vectors (rows), Å.
-            species: Element symbol of each site.
-            frac_coords: The 3 fractional coordinates of each site, flattened.
+            species: Element symbol of each entry.
+            frac_coords: The 3 fractional coordinates of each entry, flattened.
+            occupancy: Occupancy of each entry; ``None`` for all 1 (an ordered structure).
 
         Raises:
             SimulationError: On an element without scattering factors.
@@ -182,13 +191,30 @@ class SiteArrays:
         if unknown:
             raise SimulationError(f"no X-ray scattering factors for element {unknown[0]!r}")
         column = {e: i for i, e in enumerate(elements)}
-        occupancy = np.zeros((len(species), len(elements)))
-        occupancy[np.arange(len(species)), [column[e] for e in species]] = 1.0
+        values = np.ones(len(species)) if occupancy is None else np.asarray(occupancy, float)
+        matrix = np.zeros((len(species), len(elements)))
+        matrix[np.arange(len(species)), [column[e] for e in species]] = values
         return cls(
             lattice=np.asarray(lattice, dtype=float).reshape(3, 3),
             frac_coords=np.asarray(frac_coords, dtype=float).reshape(-1, 3),
             elements=elements,
-            occupancy=occupancy,
+            occupancy=matrix,
+        )
+
+    def structure(self) -> Structure:
+        """The pymatgen ``Structure`` (partially occupied sites as species dicts)."""
+        species = [
+            {self.elements[e]: float(row[e]) for e in np.flatnonzero(row)} for row in self.occupancy
+        ]
+        return Structure(Lattice(self.lattice), species, self.frac_coords)
+
+    def entries(self) -> tuple[list[str], list[float], list[float]]:
+        """The flat form ``from_entries`` reads: species, coordinates and occupancy per entry."""
+        site, element = np.nonzero(self.occupancy)
+        return (
+            [self.elements[e] for e in element],
+            self.frac_coords[site].reshape(-1).tolist(),
+            self.occupancy[site, element].tolist(),
         )
 
 

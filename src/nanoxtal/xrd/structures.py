@@ -1,9 +1,16 @@
 """Crystal structures for XRD: read, symmetrize, label, split by formula.
 
-Symmetry comes from spglib (through pymatgen's ``SpacegroupAnalyzer``) at a given tolerance;
-each structure is kept as its conventional standard cell, labelled with its space group (ITA
-number 1-230) and crystal system (0 triclinic ... 6 cubic). Structures that cannot be used are
-returned as rejects with the reason, never dropped silently.
+Structures come from several sources (databases), each named: Materials Project CIFs in P1
+and AMCSD mineral CIFs in their published settings by default. Symmetry is either *detected*
+(spglib through pymatgen's ``SpacegroupAnalyzer`` at a given tolerance; the structure is kept as
+its conventional standard cell) or *published* (a source whose CIFs carry their space group and
+symmetry operations, read by ``nanoxtal.xrd.cif``; the structure stays in its published
+setting). Every structure is labelled with its space group (ITA number 1-230) and crystal system
+(0 triclinic ... 6 cubic). Partially occupied sites are kept (minerals are solid solutions): a
+site holding several elements is stored as one entry per element at the same position, each
+with its occupancy, which is what the structure factor sums. Structures that cannot be used are
+returned as rejects with the reason, never dropped silently; so is a phase that an earlier
+source already holds (``drop_duplicate_phases``).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from pymatgen.analysis.diffraction.xrd import ATOMIC_SCATTERING_PARAMS
 from pymatgen.core import Structure
 from pymatgen.io.cif import CifParser
@@ -26,7 +34,8 @@ from pyxtal.msg import Comp_CompatibilityError
 from pyxtal.symmetry import Group
 from tqdm.auto import tqdm
 
-from nanoxtal.xrd.diffraction import SimulationError, SiteArrays
+from nanoxtal.xrd.cif import CifError, read_cif
+from nanoxtal.xrd.diffraction import SimulationError, SiteArrays, site_arrays
 
 CRYSTAL_SYSTEMS = (
     "triclinic",
@@ -50,7 +59,17 @@ TABLE_COLUMNS = (
     "lattice",
     "species",
     "frac_coords",
+    "occupancy",
+    "source",
+    "mineral",
 )
+# How a source's symmetry is known: detected by spglib, or as its CIFs publish it.
+SYMMETRY_MODES = ("detected", "published")
+# Two entries of different sources are one phase when their reduced formula and space group are
+# equal and their reduced cells agree this closely (relative: edges and volume per atom).
+DUPLICATE_LATTICE_TOLERANCE = 0.03
+# The ``source`` of the random crystals that fill rare space groups.
+RANDOM_SOURCE = "random"
 
 
 class StructureError(ValueError):
@@ -69,70 +88,97 @@ class Source:
     """One structure as read, before symmetry analysis.
 
     Attributes:
-        id: Identifier (a Materials Project id, or file name and block).
+        id: Identifier (``mp-…``, ``amcsd-0000789``, or file name and row).
         cif: CIF text, or ``None`` when ``error`` says why it could not be read.
         error: Why the entry could not be read, else ``None``.
+        database: Name of the source it came from (``materials_project``, ``amcsd``…).
+        mineral: Mineral name, where the source gives one.
     """
 
     id: str
     cif: str | None
     error: str | None = None
+    database: str = "file"
+    mineral: str | None = None
 
 
-def _sources_from_csv(path: Path) -> Iterator[Source]:
+def _sources_from_csv(path: Path, database: str) -> Iterator[Source]:
     try:
-        table = pd.read_csv(path)
+        # Ids such as AMCSD's 7 digits keep their leading zeros.
+        table = pd.read_csv(path, dtype={"amcsd_id": str, "material_id": str, "id": str})
     except (OSError, ValueError, pd.errors.ParserError) as error:
-        yield Source(str(path), None, f"unreadable table: {error}")
+        yield Source(str(path), None, f"unreadable table: {error}", database)
         return
     if "cif" not in table.columns:
-        yield Source(str(path), None, f"no 'cif' column (columns: {list(table.columns)})")
+        message = f"no 'cif' column (columns: {list(table.columns)})"
+        yield Source(str(path), None, message, database)
         return
-    yield from sources_from_table(table, [f"{path.name}:{i}" for i in range(len(table))])
+    default_ids = [f"{path.name}:{i}" for i in range(len(table))]
+    yield from sources_from_table(table, default_ids, database)
 
 
-def sources_from_table(table: pd.DataFrame, default_ids: Sequence[str]) -> Iterator[Source]:
-    """Structures of a table with a ``cif`` column, named by its ``material_id`` or ``id``.
+def _table_ids(table: pd.DataFrame, default_ids: Sequence[str]) -> list[str]:
+    """Row ids that say where each structure came from (``mp-…``, ``amcsd-0000789``)."""
+    if "amcsd_id" in table.columns:
+        return [f"amcsd-{str(i).zfill(7)}" for i in table["amcsd_id"]]
+    ids = next((table[c] for c in ("material_id", "id") if c in table.columns), None)
+    return list(ids.astype(str)) if ids is not None else list(default_ids)
+
+
+def sources_from_table(
+    table: pd.DataFrame, default_ids: Sequence[str], database: str = "file"
+) -> Iterator[Source]:
+    """Structures of a table with a ``cif`` column.
+
+    Rows are named by ``amcsd_id`` (as ``amcsd-0000789``), ``material_id`` or ``id``, and
+    carry the ``mineral`` column where there is one.
 
     Args:
         table: One structure per row; a ``cif`` column of CIF texts.
-        default_ids: The names of the rows when the table has neither id column.
+        default_ids: The names of the rows when the table has no id column.
+        database: Name of the source the table comes from.
     """
-    ids = next((table[c] for c in ("material_id", "id") if c in table.columns), None)
-    ids = ids.astype(str) if ids is not None else default_ids
-    for entry_id, cif in zip(ids, table["cif"], strict=True):
+    ids = _table_ids(table, default_ids)
+    minerals = table["mineral"] if "mineral" in table.columns else [None] * len(table)
+    for entry_id, cif, mineral in zip(ids, table["cif"], minerals, strict=True):
+        name = mineral if isinstance(mineral, str) and mineral.strip() else None
         if isinstance(cif, str) and cif.strip():
-            yield Source(entry_id, cif)
+            yield Source(entry_id, cif, None, database, name)
         else:
-            yield Source(entry_id, None, "empty CIF")
+            yield Source(entry_id, None, "empty CIF", database, name)
 
 
-def _sources_from_cif(path: Path) -> Iterator[Source]:
+def _sources_from_cif(path: Path, database: str) -> Iterator[Source]:
     try:
         text = path.read_text(errors="replace")
     except OSError as error:
-        yield Source(str(path), None, f"unreadable file: {error}")
+        yield Source(str(path), None, f"unreadable file: {error}", database)
         return
-    yield Source(path.stem, text)
+    yield Source(path.stem, text, None, database)
 
 
-def read_sources(paths: Iterable[Path | str]) -> Iterator[Source]:
+def read_sources(paths: Iterable[Path | str], database: str = "file") -> Iterator[Source]:
     """Structures from CIF files, folders of CIF files, and CSV(.gz) tables with a ``cif`` column.
 
     Unreadable inputs are yielded as sources with an ``error``; the rest go on.
+
+    Args:
+        paths: The files and folders.
+        database: Name of the source they form (the table's ``source`` column).
     """
     for path in map(Path, paths):
         if not path.exists():
-            yield Source(str(path), None, "no such file or folder")
+            yield Source(str(path), None, "no such file or folder", database)
         elif path.is_dir():
             for cif in sorted(path.rglob("*.cif")):
-                yield from _sources_from_cif(cif)
+                yield from _sources_from_cif(cif, database)
         elif path.name.endswith((".csv", ".csv.gz")):
-            yield from _sources_from_csv(path)
+            yield from _sources_from_csv(path, database)
         elif path.suffix.lower() == ".cif":
-            yield from _sources_from_cif(path)
+            yield from _sources_from_cif(path, database)
         else:
-            yield Source(str(path), None, "not a CIF file, folder of CIFs or CSV with a cif column")
+            message = "not a CIF file, folder of CIFs or CSV with a cif column"
+            yield Source(str(path), None, message, database)
 
 
 def parse_cif(text: str) -> Structure:
@@ -158,11 +204,14 @@ StructureInput = Structure | Path | str | pd.DataFrame
 StructureInputs = StructureInput | Sequence[StructureInput] | Mapping[str, Structure]
 # A structure ready for ``stick_pattern``, or the reason there is none.
 Simulable = Structure | SiteArrays | str
-SITE_COLUMNS = ("id", "lattice", "species", "frac_coords")
+SITE_COLUMNS = ("id", "lattice", "species", "frac_coords")  # and "occupancy" where disordered
 
 
 def simulation_inputs(structures: StructureInputs) -> Iterator[tuple[str, Simulable]]:
     """Every structure of the inputs, ready to simulate, or the reason it cannot be.
+
+    ``simulation_items(simulation_sources(structures))``: the two halves let processes share
+    the reading of CIFs (``nanoxtal.xrd.api.read_and_simulate``).
 
     Args:
         structures: A pymatgen ``Structure``; a path (CIF file, folder of CIFs, CSV(.gz) with
@@ -171,15 +220,21 @@ def simulation_inputs(structures: StructureInputs) -> Iterator[tuple[str, Simula
             dict of id -> ``Structure``; or a list of structures and paths.
 
     Yields:
-        (id, item): ``item`` is a ``Structure``, a ``SiteArrays`` (structure tables: no
-        pymatgen object is built) or, for an input that cannot be used, the reason as a
-        string. A ``Structure`` given as such is named by its reduced formula, repeats by a
-        ``_2``, ``_3``... suffix in order; CSV rows without an id column by ``<file>:<row>``,
+        (id, item): ``item`` is a ``SiteArrays`` (structure tables, and CIFs read by the fast
+        reader: no pymatgen object is built), a ``Structure`` (given as such, or a CIF only
+        pymatgen could read) or, for an input that cannot be used, the reason as a string.
+        A ``Structure`` given as such is named by its reduced formula, repeats by a ``_2``,
+        ``_3``... suffix in order; CSV rows without an id column by ``<file>:<row>``,
         DataFrame rows by their index.
 
     Raises:
         OSError: A structure table ``.parquet`` that cannot be read.
     """
+    return simulation_items(simulation_sources(structures))
+
+
+def simulation_sources(structures: StructureInputs) -> Iterator[tuple[str, Source | Simulable]]:
+    """The inputs of ``simulation_inputs``, with CIF texts not yet read (as ``Source``)."""
     if isinstance(structures, Mapping):
         yield from ((str(key), value) for key, value in structures.items())
         return
@@ -197,38 +252,65 @@ def simulation_inputs(structures: StructureInputs) -> Iterator[tuple[str, Simula
         elif isinstance(item, pd.DataFrame):
             yield from _table_inputs(item)
         elif Path(item).suffix == ".parquet":
-            yield from _table_inputs(pd.read_parquet(item, columns=list(SITE_COLUMNS)))
+            yield from _table_inputs(_read_site_columns(item))
         else:
-            yield from _parsed(read_sources([item]))
+            yield from ((source.id, source) for source in read_sources([item]))
 
 
-def _table_inputs(table: pd.DataFrame) -> Iterator[tuple[str, Simulable]]:
+def simulation_items(
+    entries: Iterable[tuple[str, Source | Simulable]],
+) -> Iterator[tuple[str, Simulable]]:
+    """``simulation_sources``' entries with every CIF read (``read_structure``)."""
+    for entry_id, entry in entries:
+        yield entry_id, read_structure(entry) if isinstance(entry, Source) else entry
+
+
+def _read_site_columns(path: Path | str) -> pd.DataFrame:
+    """The site columns of a structure table (tables written before occupancies lack them)."""
+    present = set(pq.read_schema(path).names)
+    wanted = [c for c in (*SITE_COLUMNS, "occupancy") if c in present]
+    return pd.read_parquet(path, columns=wanted)
+
+
+def _table_inputs(table: pd.DataFrame) -> Iterator[tuple[str, Source | Simulable]]:
     """A structure table's rows as ``SiteArrays``, or a table of CIFs' rows parsed."""
     if "cif" in table.columns:
-        yield from _parsed(sources_from_table(table, [str(i) for i in table.index]))
+        sources = sources_from_table(table, [str(i) for i in table.index])
+        yield from ((source.id, source) for source in sources)
         return
     missing = [c for c in SITE_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(
             f"a structure table needs a 'cif' column or {list(SITE_COLUMNS)}; lacks {missing}"
         )
-    for row in table.itertuples(index=False):
+    occupancies = table["occupancy"] if "occupancy" in table.columns else [None] * len(table)
+    for row, occupancy in zip(table.itertuples(index=False), occupancies, strict=True):
         try:
-            yield row.id, SiteArrays.from_ordered(row.lattice, row.species, row.frac_coords)
+            yield (
+                row.id,
+                SiteArrays.from_entries(row.lattice, row.species, row.frac_coords, occupancy),
+            )
         except SimulationError as error:
             yield row.id, str(error)
 
 
-def _parsed(sources: Iterable[Source]) -> Iterator[tuple[str, Simulable]]:
-    """Each source's structure, or why it has none."""
-    for source in sources:
-        if source.error is not None:
-            yield source.id, source.error
-            continue
-        try:
-            yield source.id, parse_cif(source.cif)
-        except StructureError as error:
-            yield source.id, str(error)
+def read_structure(source: Source) -> Simulable:
+    """A source's structure, or why it has none.
+
+    The fast reader (``nanoxtal.xrd.cif``, gemmi) gives ``SiteArrays``; a CIF it refuses is
+    read by pymatgen (the reference), which gives a ``Structure``: the item's type says which
+    path it took. When both refuse it, the reason names both.
+    """
+    if source.error is not None:
+        return source.error
+    try:
+        return read_cif(source.cif).sites
+    except CifError as error:
+        fast_error = str(error)
+    try:
+        return parse_cif(source.cif)
+    except StructureError as error:
+        return f"{error} (fast reader: {fast_error})"
 
 
 @dataclass(frozen=True)
@@ -253,12 +335,13 @@ def symmetrize(
         symprec: Distance tolerance of spglib, Å.
         angle_tolerance: Angle tolerance of spglib, degrees.
 
+    Partially occupied sites are kept: spglib sees each distinct occupancy as its own kind of
+    atom, so a solid solution keeps the symmetry of its average structure.
+
     Raises:
-        StructureError: Disordered (partial occupancies), elements without X-ray scattering
-            factors, or symmetry detection failed.
+        StructureError: Elements without X-ray scattering factors, or symmetry detection
+            failed.
     """
-    if not structure.is_ordered:
-        raise StructureError("disordered: partial occupancies")
     missing = sorted({e.symbol for e in structure.composition} - set(ATOMIC_SCATTERING_PARAMS))
     if missing:
         raise StructureError(f"no X-ray scattering factors for {', '.join(missing)}")
@@ -301,34 +384,185 @@ def split_by_formula(
     return [split_of[f] for f in formulas]
 
 
-def _label_one(source: Source, symprec: float, angle_tolerance: float) -> dict:
-    """A table row (``TABLE_COLUMNS`` less split) or a reject ``{"id", "reason"}``."""
+def split_by_formula_per_source(
+    formulas: Sequence[str],
+    sources: Sequence[str],
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 42,
+) -> list[str]:
+    """``split_by_formula`` source after source: a formula keeps the split it first got.
+
+    The first source's formulas are split exactly as ``split_by_formula`` splits them alone, so
+    adding a source leaves the splits of the existing ones (and their test scores) comparable;
+    each later source's new formulas are split with the seed plus its position.
+
+    Args:
+        formulas: Reduced formula of each entry.
+        sources: Source of each entry; sources are taken in order of first appearance.
+        fractions: Shares of the distinct formulas for train, val and test (sum 1).
+        seed: Seed of the first source's shuffle.
+
+    Returns:
+        The split of each entry, in input order.
+    """
+    assigned: dict[str, str] = {}
+    for position, source in enumerate(dict.fromkeys(sources)):
+        new = sorted(
+            {f for f, s in zip(formulas, sources, strict=True) if s == source} - set(assigned)
+        )
+        assigned.update(zip(new, split_by_formula(new, fractions, seed + position), strict=True))
+    return [assigned[f] for f in formulas]
+
+
+def _reject(source: Source, reason: str) -> dict:
+    return {"id": source.id, "reason": reason, "source": source.database}
+
+
+def _label_one(source: Source, symprec: float, angle_tolerance: float, published: bool) -> dict:
+    """A table row (``TABLE_COLUMNS`` less split) or a reject ``{"id", "reason", "source"}``."""
     if source.error is not None:
-        return {"id": source.id, "reason": source.error}
+        return _reject(source, source.error)
+    if published:
+        return _label_published(source, symprec, angle_tolerance)
     try:
         labelled = symmetrize(source.id, parse_cif(source.cif), symprec, angle_tolerance)
     except StructureError as error:
-        return {"id": source.id, "reason": str(error)}
-    return _row(labelled)
+        return _reject(source, str(error))
+    return table_row(labelled, source.database, source.mineral)
 
 
-def _row(labelled: Labelled) -> dict:
+def _label_published(source: Source, symprec: float, angle_tolerance: float) -> dict:
+    """The row of a CIF read in its published setting, labelled by its published space group.
+
+    A CIF that names no space group gets it detected, as a ``detected`` source would.
+    """
+    try:
+        read = read_cif(source.cif)
+    except CifError as error:
+        return _reject(source, f"invalid CIF: {error}")
+    if read.space_group is None:
+        try:
+            labelled = symmetrize(source.id, read.sites.structure(), symprec, angle_tolerance)
+        except StructureError as error:
+            return _reject(source, str(error))
+        return table_row(labelled, source.database, source.mineral)
+    species, frac_coords, occupancy = read.sites.entries()
+    return {
+        "id": source.id,
+        "formula": read.formula,
+        "space_group": read.space_group,
+        "crystal_system": crystal_system(read.space_group),
+        "n_sites": len(read.sites.frac_coords),
+        "lattice": read.sites.lattice.reshape(-1).tolist(),
+        "species": species,
+        "frac_coords": frac_coords,
+        "occupancy": occupancy,
+        "source": source.database,
+        "mineral": source.mineral or read.mineral,
+    }
+
+
+def table_row(labelled: Labelled, database: str, mineral: str | None = None) -> dict:
     """The table row (``TABLE_COLUMNS`` less split) of a labelled structure."""
-    structure = labelled.structure
+    species, frac_coords, occupancy = site_arrays(labelled.structure).entries()
     return {
         "id": labelled.id,
         "formula": labelled.formula,
         "space_group": labelled.space_group,
         "crystal_system": labelled.crystal_system,
-        "n_sites": len(structure),
-        "lattice": structure.lattice.matrix.reshape(-1).tolist(),
-        "species": [site.specie.symbol for site in structure],
-        "frac_coords": structure.frac_coords.reshape(-1).tolist(),
+        "n_sites": len(labelled.structure),
+        "lattice": labelled.structure.lattice.matrix.reshape(-1).tolist(),
+        "species": species,
+        "frac_coords": frac_coords,
+        "occupancy": occupancy,
+        "source": database,
+        "mineral": mineral,
     }
 
 
-def _label_chunk(chunk: list[Source], symprec: float, angle_tolerance: float) -> list[dict]:
-    return [_label_one(s, symprec, angle_tolerance) for s in chunk]
+def _label_chunk(
+    chunk: list[Source], symprec: float, angle_tolerance: float, published: frozenset[str]
+) -> list[dict]:
+    return [_label_one(s, symprec, angle_tolerance, s.database in published) for s in chunk]
+
+
+def _reduced_cell(row: pd.Series) -> np.ndarray:
+    """Sorted edges (Å) of the Niggli-reduced primitive cell, and volume per atom (Å³).
+
+    The primitive cell makes the comparison independent of the setting (a conventional
+    face-centred cubic cell and its rhombohedral primitive cell give the same numbers).
+    """
+    sites = SiteArrays.from_entries(row["lattice"], row["species"], row["frac_coords"])
+    primitive = sites.structure().get_primitive_structure(tolerance=0.1)
+    reduced = primitive.lattice.get_niggli_reduced_lattice()
+    atoms = float(np.sum(row["occupancy"]))
+    return np.append(np.sort(reduced.abc), row_volume(row) / max(atoms, 1e-9))
+
+
+def row_volume(row: pd.Series) -> float:
+    """Cell volume of a structure-table row, Å³."""
+    return float(abs(np.linalg.det(np.asarray(row["lattice"], dtype=float).reshape(3, 3))))
+
+
+def drop_duplicate_phases(
+    table: pd.DataFrame, tolerance: float = DUPLICATE_LATTICE_TOLERANCE
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep one copy of a phase that several sources hold.
+
+    Two rows of different sources are one phase when their reduced formula and space group
+    are equal and the edges of their Niggli-reduced primitive cells agree within ``tolerance``
+    (their volumes per atom within three times that). The copy of the source listed first is
+    kept (it takes the mineral name of the copy dropped when it has none); rows of one source
+    are never merged (a mineral measured at several temperatures or compositions stays as many
+    structures).
+
+    Args:
+        table: Structure table rows (``TABLE_COLUMNS`` less split), sources in order.
+        tolerance: Largest relative difference of the reduced cell's edges and volume per atom.
+
+    Returns:
+        The table without the duplicates, and the dropped rows as rejects
+        (``id, reason, source``).
+    """
+    order = {name: k for k, name in enumerate(dict.fromkeys(table["source"]))}
+    table = table.reset_index(drop=True)
+    mineral = table["mineral"].copy()
+    dropped: dict[int, str] = {}
+    for _, group in table.groupby(["formula", "space_group"], sort=False):
+        if group["source"].nunique() < 2:
+            continue
+        rows = sorted(group.index, key=lambda i: order[table.at[i, "source"]])
+        cells = {i: _reduced_cell(table.loc[i]) for i in rows}
+        for later in rows:
+            for earlier in rows:
+                if order[table.at[earlier, "source"]] >= order[table.at[later, "source"]]:
+                    break
+                if earlier in dropped:
+                    continue
+                difference = np.abs(cells[later] / cells[earlier] - 1.0)
+                # A volume differs about three times as much as the edges do.
+                if np.all(difference <= [tolerance, tolerance, tolerance, 3 * tolerance]):
+                    dropped[later] = (
+                        f"duplicate: the phase of {table.at[earlier, 'id']} "
+                        f"({table.at[earlier, 'source']}): same formula and space group, "
+                        f"reduced cell within {tolerance:.0%}"
+                    )
+                    if not isinstance(mineral[earlier], str):
+                        mineral[earlier] = table.at[later, "mineral"]
+                    break
+    table["mineral"] = mineral
+    rejects = pd.DataFrame(
+        {
+            "id": table.loc[list(dropped), "id"].to_numpy(),
+            "reason": list(dropped.values()),
+            "source": table.loc[list(dropped), "source"].to_numpy(),
+        },
+        columns=REJECT_COLUMNS,
+    )
+    return table.drop(index=list(dropped)).reset_index(drop=True), rejects
+
+
+REJECT_COLUMNS = ["id", "reason", "source"]
 
 
 def build_table(
@@ -339,43 +573,53 @@ def build_table(
     seed: int = 42,
     workers: int = 1,
     progress: bool = True,
+    published: Iterable[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Symmetrize and label structures, split them by formula.
+    """Symmetrize and label structures, keep one copy of each phase, split them by formula.
 
     Args:
-        sources: Structures as read (``read_sources``).
+        sources: Structures as read (``read_sources``), sources in order of preference: a phase
+            two sources hold is kept from the first (``drop_duplicate_phases``).
         symprec: spglib distance tolerance, Å.
         angle_tolerance: spglib angle tolerance, degrees.
         fractions: Train/val/test shares of the distinct reduced formulas.
-        seed: Seed of the split.
+        seed: Seed of the split (``split_by_formula_per_source``).
         workers: Processes for the symmetry analysis (1: in this process).
         progress: Show a progress bar.
+        published: Sources whose CIFs' own space groups and settings are used
+            (``SYMMETRY_MODES``); the others' symmetry is detected.
 
     Returns:
-        The structure table (``TABLE_COLUMNS``, conventional cells) and the rejects
-        (``id``, ``reason``).
+        The structure table (``TABLE_COLUMNS``) and the rejects (``id``, ``reason``,
+        ``source``).
     """
     sources = list(sources)
+    published = frozenset(published)
     chunks = [sources[i : i + 64] for i in range(0, len(sources), 64)]
     rows: list[dict] = []
     with tqdm(total=len(sources), desc="symmetry", unit="structure", disable=not progress) as bar:
         if workers > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
+                n = len(chunks)
                 results = pool.map(
-                    _label_chunk, chunks, [symprec] * len(chunks), [angle_tolerance] * len(chunks)
+                    _label_chunk, chunks, [symprec] * n, [angle_tolerance] * n, [published] * n
                 )
                 for result in results:
                     rows.extend(result)
                     bar.update(len(result))
         else:
             for chunk in chunks:
-                rows.extend(_label_chunk(chunk, symprec, angle_tolerance))
+                rows.extend(_label_chunk(chunk, symprec, angle_tolerance, published))
                 bar.update(len(chunk))
     good = [r for r in rows if "reason" not in r]
-    rejects = pd.DataFrame([r for r in rows if "reason" in r], columns=["id", "reason"])
+    rejects = pd.DataFrame([r for r in rows if "reason" in r], columns=REJECT_COLUMNS)
     table = pd.DataFrame(good, columns=[c for c in TABLE_COLUMNS if c != "split"])
-    table.insert(4, "split", split_by_formula(list(table["formula"]), fractions, seed))
-    return table, rejects
+    table, duplicates = drop_duplicate_phases(table)
+    splits = split_by_formula_per_source(
+        list(table["formula"]), list(table["source"]), fractions, seed
+    )
+    table.insert(4, "split", splits)
+    return table, pd.concat([rejects, duplicates], ignore_index=True)
 
 
 T = TypeVar("T")
@@ -433,7 +677,33 @@ def table_summary(
             CRYSTAL_SYSTEMS[k]: int(v)
             for k, v in table["crystal_system"].value_counts().sort_index().items()
         },
+        "per_source": source_summary(table, rejects),
     }
+
+
+def source_summary(table: pd.DataFrame, rejects: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per source: structures read, kept, rejected (reasons by first word), share read.
+
+    ``read_share`` counts a duplicate of another source's phase as read: it was read, and
+    that phase is in the table.
+    """
+    summary = {}
+    for name in dict.fromkeys([*table["source"], *rejects["source"]]):
+        kept = table[table["source"] == name]
+        dropped = rejects[rejects["source"] == name]
+        reasons = dropped["reason"].str.split(":").str[0].value_counts()
+        read = len(kept) + len(dropped)
+        summary[str(name)] = {
+            "structures": read,
+            "kept": len(kept),
+            "rejected": len(dropped),
+            "reject_reasons": {str(k): int(v) for k, v in reasons.items()},
+            "read_share": (len(kept) + int(reasons.get("duplicate", 0))) / max(read, 1),
+            "per_split": kept["split"].value_counts().to_dict(),
+            "space_groups_present": int(kept["space_group"].nunique()),
+            "with_mineral_name": int(kept["mineral"].notna().sum()),
+        }
+    return summary
 
 
 @dataclass(frozen=True)
@@ -545,7 +815,7 @@ def _fill_group(
                 reason = str(error)
                 continue
             if labelled.formula not in excluded_formulas:
-                rows.append(_row(labelled))
+                rows.append(table_row(labelled, RANDOM_SOURCE))
                 break
             reason = f"formula {labelled.formula} is in the validation or test split"
         else:
