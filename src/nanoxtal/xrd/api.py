@@ -44,6 +44,7 @@ from nanoxtal.xrd.diffraction import (
 from nanoxtal.xrd.structures import (
     Simulable,
     StructureInputs,
+    simulation_inputs,
     simulation_items,
     simulation_sources,
 )
@@ -146,7 +147,7 @@ def read_and_simulate(
     settings = (wavelength, two_theta, debye_waller)
     bar = tqdm(desc="simulate", unit="structure", disable=not progress)
     if workers <= 1:
-        for structure_id, item in simulation_items(simulation_sources(structures)):
+        for structure_id, item in simulation_inputs(structures):
             bar.update()
             yield _simulate_one(structure_id, item, settings)
         bar.close()

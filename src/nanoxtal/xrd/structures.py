@@ -492,16 +492,13 @@ def _reduced_cell(row: pd.Series) -> np.ndarray:
     The primitive cell makes the comparison independent of the setting (a conventional
     face-centred cubic cell and its rhombohedral primitive cell give the same numbers).
     """
-    sites = SiteArrays.from_entries(row["lattice"], row["species"], row["frac_coords"])
-    primitive = sites.structure().get_primitive_structure(tolerance=0.1)
-    reduced = primitive.lattice.get_niggli_reduced_lattice()
+    sites = SiteArrays.from_entries(
+        row["lattice"], row["species"], row["frac_coords"], row["occupancy"]
+    )
+    structure = sites.structure()
+    reduced = structure.get_primitive_structure(tolerance=0.1).lattice.get_niggli_reduced_lattice()
     atoms = float(np.sum(row["occupancy"]))
-    return np.append(np.sort(reduced.abc), row_volume(row) / max(atoms, 1e-9))
-
-
-def row_volume(row: pd.Series) -> float:
-    """Cell volume of a structure-table row, Å³."""
-    return float(abs(np.linalg.det(np.asarray(row["lattice"], dtype=float).reshape(3, 3))))
+    return np.append(np.sort(reduced.abc), structure.volume / max(atoms, 1e-9))
 
 
 def drop_duplicate_phases(
