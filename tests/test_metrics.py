@@ -10,6 +10,7 @@ from nanoxtal.metrics import (
     expected_calibration_error,
     macro_f1,
     regression_metrics,
+    threshold_for_precision,
     top_k_accuracy,
 )
 
@@ -41,6 +42,23 @@ def test_accuracy_at_coverage_keeps_the_most_confident_cases():
     assert curve["accuracy_at_coverage_1.0"] == pytest.approx(0.6)
     assert curve["accuracy_at_coverage_0.4"] == 1.0  # 0.9 and 0.8 are both right
     assert curve["accuracy_at_coverage_0.6"] == pytest.approx(2 / 3)
+
+
+def test_threshold_for_precision_answers_as_much_as_the_precision_allows():
+    confidence = np.array([0.5, 0.9, 0.7, 0.8, 0.6])
+    correct = np.array([False, True, False, True, True])
+    # Ranked 0.9 0.8 0.7 0.6 0.5: right 1 1 0 1 0, accuracy 1, 1, 2/3, 3/4, 3/5.
+    assert threshold_for_precision(correct, confidence, 0.75, min_answered=1) == 0.6
+    assert threshold_for_precision(correct, confidence, 0.95, min_answered=1) == 0.8
+    assert threshold_for_precision(correct, confidence, 0.6, min_answered=1) == 0.5
+    # Too few answers at the precision asked: abstain on everything.
+    above = threshold_for_precision(correct, confidence, 0.95, min_answered=3)
+    assert not (confidence >= above).any() and not (np.float32(1.0) >= above)
+    # A threshold keeps all tied cases: 0.8 would answer a wrong one too.
+    tied = threshold_for_precision(
+        np.array([True, True, False, False]), np.array([0.9, 0.8, 0.8, 0.5]), 0.9, 1
+    )
+    assert tied == 0.9
 
 
 def test_expected_calibration_error_separates_calibrated_from_overconfident():

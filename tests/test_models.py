@@ -7,11 +7,13 @@ import torch
 
 import nanoxtal
 from nanoxtal.models import (
+    PUBLISHED_LIBRARY,
+    PUBLISHED_REFERENCES,
     ModelError,
     checkpoint_stage,
     choose_model,
     model_file,
-    published_library,
+    published_file,
     published_model,
 )
 from nanoxtal.tem.module import Segmenter
@@ -74,7 +76,10 @@ def test_what_is_missing_or_ambiguous_is_named(results, tmp_path):
 
 def test_the_published_model_is_chosen_when_none_is_given(results, tmp_path, monkeypatch):
     assert published_model("tem", results) == results / "tem" / "models" / "best.ckpt"
-    assert published_model("recipes", results) is None and published_library(results) is None
+    assert published_model("recipes", results) is None
+    assert published_file(PUBLISHED_LIBRARY, results) is None
+    (results / PUBLISHED_REFERENCES).write_bytes(b"")
+    assert published_file(PUBLISHED_REFERENCES, results) == results / "xrd" / "references.npz"
     chosen = choose_model("xrd", None, results)
     assert (
         isinstance(chosen.model, XrdClassifier) and "published by the workflow" in chosen.describe

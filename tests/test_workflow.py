@@ -274,6 +274,8 @@ def test_test_config_runs_the_whole_workflow(test_config_run):
         "xrd/simulate.log",
         "xrd/train_xrdnet.log",
         "xrd/finetune_xrdnet.log",
+        "xrd/refit_xrdnet.log",
+        "xrd/references.log",
         "xrd/evaluate.log",
     ):
         assert (workdir / "logs" / log).is_file(), log
@@ -305,12 +307,24 @@ def test_test_config_runs_the_whole_workflow(test_config_run):
         # Issue 3's coverage per source: does it hold an analogue of each measured pattern?
         "rruff_heldout/synthetic_lookup/materials_project/space_group_accuracy",
         "rruff_heldout/synthetic_lookup/amcsd/space_group_accuracy",
+        "rruff_heldout/references/match_1_space_group_accuracy",
+        "rruff_heldout/xrdnet/finetuned+library/answered_space_group_accuracy",
     ):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert (workdir / "results" / "xrd" / "models" / "best.ckpt").is_file()
-    assert (workdir / "results" / "xrd" / "models" / "library.npz").is_file()
-    predictions = pd.read_csv(workdir / "results" / "xrd" / "predictions" / "measured.csv")
+    # Published: the refit on all of RRUFF dev (nothing held out), with its library.
+    xrd_results = workdir / "results" / "xrd"
+    refit = xrd_results / "xrdnet" / "refit"
+    assert json.loads((refit / "split.json").read_text())["held_out_rows"] == []
+    assert (xrd_results / "models" / "best.ckpt").read_bytes() == (
+        refit / "models" / "best.ckpt"
+    ).read_bytes()
+    assert (xrd_results / "models" / "library.npz").read_bytes() == (
+        refit / "library.npz"
+    ).read_bytes()
+    assert metrics["rruff_heldout/references/phases"] == summary["kept"]
+    predictions = pd.read_csv(xrd_results / "predictions" / "measured.csv")
     assert len(predictions) == 8  # the autoanalyzer .xy files of the test config
+    assert predictions["match_1_id"].str.match(r"(mp-|amcsd-)").all()
     tem = json.loads((workdir / "results" / "tem" / "metrics.json").read_text())
     assert tem["sophon_example/test_images"] == ["1-0001_16"] and tem["split_seed"] == 42
     for method in ("model", "baseline"):

@@ -51,6 +51,39 @@ def accuracy_at_coverage(
     return result
 
 
+# A confidence threshold above every probability, in float32 too (1 + 2⁻²⁰ is exact there).
+ABSTAIN_ALL = 1.0 + 2.0**-20
+
+
+def threshold_for_precision(
+    correct: np.ndarray, confidence: np.ndarray, precision: float, min_answered: int = 20
+) -> float:
+    """The lowest confidence threshold whose answers are right at least ``precision`` of the time.
+
+    Answering only when ``confidence >= threshold``: the threshold is the lowest confidence
+    value at which the answered cases (at least ``min_answered`` of them, so that the
+    accuracy is measured on more than a handful) reach ``precision``. Where no threshold does,
+    it is ``ABSTAIN_ALL``, above any probability: abstain on everything.
+
+    Args:
+        correct: Whether each answer is right (N,).
+        confidence: Its confidence, e.g. the top class's calibrated probability (N,).
+        precision: Required accuracy of the answered cases, 0-1.
+        min_answered: Fewest answered cases a threshold may leave.
+    """
+    order = np.argsort(-confidence, kind="stable")
+    ranked = np.asarray(correct, dtype=float)[order]
+    accuracy = np.cumsum(ranked) / np.arange(1, len(ranked) + 1)
+    sorted_confidence = np.asarray(confidence, dtype=float)[order]
+    # A threshold keeps every case at least as confident: only the last of tied values counts.
+    last_of_tie = np.append(sorted_confidence[1:] < sorted_confidence[:-1], True)
+    enough = np.arange(1, len(ranked) + 1) >= min(min_answered, len(ranked))
+    good = np.flatnonzero((accuracy >= precision) & last_of_tie & enough)
+    if not len(good):
+        return ABSTAIN_ALL
+    return float(sorted_confidence[good[-1]])
+
+
 def expected_calibration_error(
     truth: np.ndarray, probabilities: np.ndarray, bins: int = 15, offset: int = 0
 ) -> float:

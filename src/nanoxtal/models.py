@@ -27,6 +27,8 @@ PUBLISHED: dict[Stage, Path] = {
 }
 # The labelled measured patterns the XRD model is published with (``xrd_publish``).
 PUBLISHED_LIBRARY = Path("xrd/models/library.npz")
+# The reference phases named beside XRD predictions (``xrd_references``).
+PUBLISHED_REFERENCES = Path("xrd/references.npz")
 # The workflow's results folder, relative to where it runs (the repository root).
 RESULTS = Path("results")
 
@@ -41,9 +43,9 @@ def published_model(stage: Stage, results: Path | str = RESULTS) -> Path | None:
     return path if path.is_file() else None
 
 
-def published_library(results: Path | str = RESULTS) -> Path | None:
-    """The XRD pattern library the workflow published under ``results``, if it exists."""
-    path = Path(results) / PUBLISHED_LIBRARY
+def published_file(relative: Path, results: Path | str = RESULTS) -> Path | None:
+    """A file the workflow published (``PUBLISHED_LIBRARY``...) under ``results``, if it exists."""
+    path = Path(results) / relative
     return path if path.is_file() else None
 
 

@@ -300,7 +300,7 @@ def test_predict_uses_the_published_model_and_library_by_default(
     assert exited.value.code == 2
     rule = (REPO / "workflow" / "rules" / "xrd.smk").read_text()
     predict_rule = rule[rule.index("rule xrd_predict_measured:") :]
-    assert "--model {input.model:q} --no-library" in predict_rule
+    assert "--model {input.model:q} --no-library --references" in predict_rule
 
 
 def test_predict_without_a_published_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):

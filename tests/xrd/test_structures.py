@@ -10,6 +10,7 @@ from nanoxtal.xrd.structures import (
     CRYSTAL_SYSTEMS,
     TABLE_COLUMNS,
     RandomCrystalSettings,
+    Source,
     StructureError,
     build_table,
     crystal_system,
@@ -208,6 +209,49 @@ def test_a_phase_two_sources_hold_is_kept_once_from_the_first():
     assert table.loc[0, "mineral"] == "Halite"  # the kept copy takes the mineral's name
     assert list(dropped["id"]) == ["amcsd-1"] and "mp-1" in dropped.loc[0, "reason"]
     assert dropped.loc[0, "reason"].startswith("duplicate") and dropped.loc[0, "source"] == "amcsd"
+    # A preferred source's copy is kept instead (the measured structure), the other reported.
+    table, dropped = drop_duplicate_phases(pd.DataFrame(rows), prefer=["amcsd"])
+    # Both Materials Project copies are that phase: neither is kept beside it.
+    assert list(table["id"]) == ["amcsd-1", "amcsd-2"]
+    assert list(dropped["id"]) == ["mp-1", "mp-2"]
+    assert dropped["reason"].str.contains("amcsd-1").all()
+    assert set(dropped["source"]) == {"materials_project"}
+
+
+def test_an_occupancy_rounded_over_one_still_makes_a_structure():
+    # A published occupancy of 1.03 (19 AMCSD structures; the reader accepts up to 1.05):
+    # pymatgen refuses a site over 1, so the structure scales it; de-duplication builds these.
+    sites = SiteArrays.from_entries(
+        np.eye(3).ravel() * 4.2, ["Fe", "O"], [0, 0, 0, 0.5, 0.5, 0.5], [1.03, 0.6]
+    )
+    structure = sites.structure()
+    assert structure[0].species["Fe"] == pytest.approx(1.0)
+    assert structure[1].species["O"] == pytest.approx(0.6)  # others unchanged
+
+
+def test_preferring_a_source_keeps_the_first_sources_split(tmp_path):
+    halite = rock_salt(5.64)
+    rows = [
+        ("materials_project", "mp-1", halite, None),
+        ("materials_project", "mp-2", rock_salt(6.4).replace_species({"Na": "K"}), None),
+        ("amcsd", "amcsd-1", rock_salt(5.66), "Halite"),
+    ]
+    sources = [
+        Source(row_id, row_structure.to(fmt="cif"), None, database, mineral)
+        for database, row_id, row_structure, mineral in rows
+    ]
+    first, _ = build_table(sources, fractions=(0.5, 0.5, 0.0), seed=3, progress=False)
+    kept, rejects = build_table(
+        sources, fractions=(0.5, 0.5, 0.0), seed=3, progress=False, prefer=["amcsd"]
+    )
+    assert list(first["id"]) == ["mp-1", "mp-2"] and list(kept["id"]) == ["mp-2", "amcsd-1"]
+    assert list(rejects["id"]) == ["mp-1"]
+    split = dict(zip(first["id"], first["split"], strict=True))
+    # The kept mineral lies in the split of its formula; the other phase's split is unchanged.
+    assert kept.set_index("id")["split"].to_dict() == {
+        "mp-2": split["mp-2"],
+        "amcsd-1": split["mp-1"],
+    }
 
 
 def test_real_materials_project_sample_in_two_processes(shared_data):

@@ -16,6 +16,7 @@ from nanoxtal.xrd.diffraction import stick_pattern
 from nanoxtal.xrd.evaluate import predict_files
 from nanoxtal.xrd.library import nearest_neighbour
 from nanoxtal.xrd.module import class_weights, load_classifier, smoothed_cross_entropy
+from nanoxtal.xrd.references import references_from_tables
 from nanoxtal.xrd.training import (
     FinetuneSettings,
     TrainSettings,
@@ -147,6 +148,27 @@ def test_train_finetune_predict_round_trip(tmp_path, tiny_tables, tiny_measured)
         [calibration["temperature_crystal_system"], calibration["temperature_space_group"]]
     )
 
+    # The abstention threshold: chosen on the same out-of-fold predictions, kept in the model.
+    threshold = calibration["abstain_below"]
+    assert load_classifier(tuned).abstain_below == threshold > 0
+    assert calibration["abstain_precision"] == 0.8 and 0 <= calibration["answered_share"] <= 1
+    if calibration["answered_share"] > 0:
+        assert calibration["answered_space_group_accuracy"] >= 0.8
+    by_default, _ = predict_files(load_classifier(tuned), [tiny_measured])
+    assert by_default["abstained"].tolist() == (by_default["p_space_group"] < threshold).tolist()
+    # The refit: every labelled pattern fine-tuned on, none held out.
+    refit = tmp_path / "xrdnet" / "refit"
+    finetune_classifier(
+        trained,
+        tiny_measured,
+        refit,
+        FinetuneSettings(fraction=1.0, batch_size=8, calibration_folds=0, abstain_precision=0),
+        CPU,
+    )
+    everything = json.loads((refit / "split.json").read_text())
+    assert everything["finetune_rows"] == list(range(48)) and everything["held_out_rows"] == []
+    assert load_classifier(refit / "models" / "best.ckpt").abstain_below == 0.0
+
     table, errors = predict_files(
         load_classifier(tuned), [tiny_measured, tmp_path / "x.xy"], min_confidence=1.01
     )
@@ -224,6 +246,9 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
     )
     tuned = tmp_path / "m" / "ft" / "models" / "best.ckpt"
     single = single_phase_folder(tmp_path / "single")
+    references = references_from_tables(structures, peaks, progress=False).save(
+        tmp_path / "references.npz"
+    )
     assert (
         main(
             [
@@ -247,11 +272,28 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
                 str(tmp_path / "figures"),
                 "--single-phase",
                 str(single),
+                "--references",
+                str(references),
             ]
         )
         == 0
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # Every held-out pattern is a noisy render of a tiny crystal, all of them references.
+    assert metrics["rruff_heldout/references/phases"] == len(table)
+    assert metrics["rruff_heldout/references/match_1_space_group_accuracy"] >= 0.75
+    assert (
+        metrics["rruff_heldout/references/top3_space_group_accuracy"]
+        >= metrics["rruff_heldout/references/match_1_space_group_accuracy"]
+    )
+    # Each model abstains below its own threshold: never for the model not fine-tuned.
+    assert metrics["rruff_heldout/tiny/synthetic/abstain_below"] == 0.0
+    assert metrics["rruff_heldout/tiny/synthetic/answered_share"] == 1.0
+    assert (
+        metrics["rruff_heldout/tiny/finetuned/abstain_below"]
+        == load_classifier(tuned).abstain_below
+    )
+    assert 0.0 <= metrics["rruff_heldout/tiny/finetuned+library/answered_share"] <= 1.0
     assert metrics["rruff_heldout_size"] == 24 and metrics["rruff_finetune_size"] == 24
     assert metrics["environment"] == describe()  # the machine it was measured on
     # Every held-out crystal has three sibling renders in the fine-tune part: the lookup floor.

@@ -76,12 +76,13 @@ XRD_SOURCES = [
 
 
 def xrd_source_arguments():
-    """`NAME=PATH ... --published NAME` of `nanoxtal xrd structures` for XRD_SOURCES."""
+    """`NAME=PATH ... --published NAME --prefer NAME` of `nanoxtal xrd structures`."""
     named = [f"{s['name']}={dataset_dir(s['dataset'])}/{s['file']}" for s in XRD_SOURCES]
     published = [
         f"--published {s['name']}" for s in XRD_SOURCES if s.get("symmetry") == "published"
     ]
-    return " ".join([*(shlex.quote(n) for n in named), *published])
+    preferred = [f"--prefer {s['name']}" for s in XRD_SOURCES if s.get("preferred")]
+    return " ".join([*(shlex.quote(n) for n in named), *published, *preferred])
 
 
 def trainer_settings(epochs):
@@ -99,9 +100,10 @@ def xrd_train_settings(arch):
     return json.dumps({**block, **overrides, "arch": arch, "arch_kwargs": arch_kwargs})
 
 
-def xrd_finetune_settings():
-    """nanoxtal.xrd.training.FinetuneSettings from the `xrd.finetune` block."""
-    return {k: v for k, v in config["xrd"]["finetune"].items() if k != "epochs"}
+def xrd_finetune_settings(**changes):
+    """nanoxtal.xrd.training.FinetuneSettings from the `xrd.finetune` block, with `changes`."""
+    block = {k: v for k, v in config["xrd"]["finetune"].items() if k not in ("epochs", "refit")}
+    return {**block, **changes}
 
 
 def recipe_data_settings(extra=()):
@@ -194,7 +196,11 @@ def all_targets():
     """Final outputs of the default run (grows as stages land)."""
     targets = [dataset_dir(name) for name in DATASET_NAMES]
     if XRD_SOURCES:
-        targets += ["results/xrd/peaks.parquet", "results/xrd/structures_summary.json"]
+        targets += [
+            "results/xrd/peaks.parquet",
+            "results/xrd/structures_summary.json",
+            "results/xrd/references.npz",
+        ]
         if "xrd_rruff" in DATASET_NAMES:
             targets += ["results/xrd/metrics.json", "results/xrd/models/best.ckpt"]
             if any(name in DATASET_NAMES for name in XRD_MEASURED):

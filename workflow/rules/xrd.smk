@@ -91,6 +91,33 @@ rule xrd_simulate:
         " {params.debye_waller} > {log:q} 2>&1"
 
 
+rule xrd_references:
+    input:
+        structures=rules.xrd_structures.output.table,
+        peaks=rules.xrd_simulate.output[0],
+    output:
+        "results/xrd/references.npz",
+    params:
+        sources=lambda wildcards: (
+            "--sources " + " ".join(config["xrd"]["references"]["sources"])
+            if config["xrd"]["references"]["sources"]
+            else ""
+        ),
+    log:
+        "logs/xrd/references.log",
+    benchmark:
+        "results/benchmarks/xrd/references.tsv"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    conda:
+        "../../envs/xrd.yaml"
+    shell:
+        "nanoxtal xrd references {input.structures:q} --peaks {input.peaks:q}"
+        " {params.sources} --out {output:q} --no-progress > {log:q} 2>&1"
+
+
 rule xrd_train:
     input:
         structures=rules.xrd_structures.output.table,
@@ -151,12 +178,43 @@ rule xrd_finetune:
         " --trainer {params.trainer:q} --seed {params.seed} > {log:q} 2>&1"
 
 
+rule xrd_refit:
+    input:
+        model=rules.xrd_train.output[0],
+        measured=dataset_dir("xrd_rruff"),
+    output:
+        "results/xrd/{arch}/refit/models/best.ckpt",
+        library="results/xrd/{arch}/refit/library.npz",
+    params:
+        measured=lambda wildcards, input: f"{input.measured}/rruff_dev.npz",
+        out_dir=lambda wildcards, output: Path(output[0]).parent.parent,
+        settings=json.dumps(xrd_finetune_settings(fraction=1.0)),
+        trainer=trainer_settings(config["xrd"]["finetune"]["epochs"]),
+        seed=config["seed"],
+    log:
+        "logs/xrd/refit_{arch}.log",
+    benchmark:
+        "results/benchmarks/xrd/refit_{arch}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=0,  # GPUs per job on a cluster: set in the profile (profiles/slurm)
+    conda:
+        "../../envs/xrd.yaml"
+    shell:
+        "nanoxtal xrd finetune --model {input.model:q} --measured {params.measured:q}"
+        " --out-dir {params.out_dir:q} --settings {params.settings:q}"
+        " --trainer {params.trainer:q} --seed {params.seed} > {log:q} 2>&1"
+
+
 rule xrd_evaluate:
     input:
         synthetic=expand(rules.xrd_train.output[0], arch=XRD_ARCHITECTURES),
         finetuned=expand(rules.xrd_finetune.output[0], arch=XRD_ARCHITECTURES),
         structures=rules.xrd_structures.output.table,
         peaks=rules.xrd_simulate.output[0],
+        references=rules.xrd_references.output[0],
         measured=dataset_dir("xrd_rruff"),
         single_phase=[dataset_dir("xrd_autoanalyzer")] if "xrd_autoanalyzer" in DATASET_NAMES else [],
     output:
@@ -201,14 +259,20 @@ rule xrd_evaluate:
         "nanoxtal xrd evaluate {params.models} --structures {input.structures:q}"
         " --peaks {input.peaks:q} --measured {params.measured:q} --fraction {params.fraction}"
         " --test-size {params.test_size} --seed {params.seed} {params.single_phase}"
+        " --references {input.references:q}"
         " --out {output.metrics:q}"
         " --figures {output.figures:q} > {log:q} 2>&1"
 
 
+# Published: the refit on every labelled measured pattern (xrd_evaluate scores the fine-tune of
+# the fine-tune part, on the held-out half); or that fine-tune (xrd.finetune.refit: false).
+PUBLISHED_STAGE = rules.xrd_refit if config["xrd"]["finetune"]["refit"] else rules.xrd_finetune
+
+
 rule xrd_publish:
     input:
-        model=expand(rules.xrd_finetune.output[0], arch=config["xrd"]["primary"]),
-        library=expand(rules.xrd_finetune.output.library, arch=config["xrd"]["primary"]),
+        model=expand(PUBLISHED_STAGE.output[0], arch=config["xrd"]["primary"]),
+        library=expand(PUBLISHED_STAGE.output.library, arch=config["xrd"]["primary"]),
     output:
         model="results/xrd/models/best.ckpt",
         library="results/xrd/models/library.npz",
@@ -225,6 +289,7 @@ rule xrd_publish:
 rule xrd_predict_measured:
     input:
         model=rules.xrd_publish.output.model,
+        references=rules.xrd_references.output[0],
         patterns=[dataset_dir(name) for name in XRD_MEASURED if name in DATASET_NAMES],
     output:
         report(
@@ -239,4 +304,5 @@ rule xrd_predict_measured:
         "../../envs/xrd.yaml"
     shell:
         "nanoxtal xrd predict $(find {input.patterns:q} -name '*.xy' -o -name '*.xrdml' | sort)"
-        " --model {input.model:q} --no-library --out {output:q} > {log:q} 2>&1"
+        " --model {input.model:q} --no-library --references {input.references:q}"
+        " --out {output:q} > {log:q} 2>&1"

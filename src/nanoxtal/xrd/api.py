@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 from nanoxtal.models import (
     PUBLISHED,
     PUBLISHED_LIBRARY,
+    PUBLISHED_REFERENCES,
     RESULTS,
     Chosen,
     ModelError,
     choose_model,
-    published_library,
+    published_file,
 )
 from nanoxtal.xrd.diffraction import (
     SimulationError,
@@ -54,10 +55,12 @@ if TYPE_CHECKING:
     from nanoxtal.xrd.library import Library
     from nanoxtal.xrd.module import XrdClassifier
     from nanoxtal.xrd.profiles import Augmentation
+    from nanoxtal.xrd.references import References
 
 __all__ = [
     "choose_classifier",
     "choose_library",
+    "choose_references",
     "predict",
     "read_pattern",
     "render",
@@ -376,16 +379,42 @@ def choose_library(
     """
     from nanoxtal.xrd.library import Library, load_library
 
-    if library is False:
+    return _choose_published(library, Library, load_library, PUBLISHED_LIBRARY)
+
+
+def choose_references(
+    references: References | PathLike | Literal[False] | None = None,
+) -> tuple[References | None, str]:
+    """The reference phases named beside each prediction, and how to name them.
+
+    Args:
+        references: ``References``; a path to them (``references.npz`` of ``nanoxtal xrd
+            references``); False for none; or None for the ones the workflow published,
+            ``results/xrd/references.npz``, when they exist (else none).
+
+    Returns:
+        The references (or None) and a line naming them (``none`` when there are none).
+
+    Raises:
+        ReferencesError: A path that is no readable references file (the message names it).
+    """
+    from nanoxtal.xrd.references import References, load_references
+
+    return _choose_published(references, References, load_references, PUBLISHED_REFERENCES)
+
+
+def _choose_published(given, kind: type, load, relative: Path) -> tuple[object | None, str]:
+    """``given`` as it is, loaded from its path, none (False), or the published file (None)."""
+    if given is False:
         return None, "none"
-    if isinstance(library, Library):
-        return library, f"{type(library).__name__} given"
-    if library is None:
-        found = published_library()
+    if isinstance(given, kind):
+        return given, f"{kind.__name__} given"
+    if given is None:
+        found = published_file(relative)
         if found is None:
-            return None, f"none (none published at {RESULTS / PUBLISHED_LIBRARY})"
-        return load_library(found), f"{found} (published by the workflow)"
-    return load_library(library), str(library)
+            return None, f"none (none published at {RESULTS / relative})"
+        return load(found), f"{found} (published by the workflow)"
+    return load(given), str(given)
 
 
 def _measured(
@@ -436,8 +465,9 @@ def predict(
     model: XrdClassifier | PathLike | None = None,
     library: Library | PathLike | Literal[False] | None = None,
     wavelength: float | None = None,
-    min_confidence: float = 0.0,
+    min_confidence: float | None = None,
     errors: Errors = "raise",
+    references: References | PathLike | Literal[False] | None = None,
 ) -> pd.DataFrame:
     """Crystal system and space group of powder patterns.
 
@@ -458,9 +488,15 @@ def predict(
             (``choose_library``).
         wavelength: Wavelength, Å, of patterns that do not state theirs (default Cu Kα).
         min_confidence: Predictions with a lower space-group probability are marked
-            ``abstained``.
+            ``abstained``; None for the model's own threshold, chosen when it was fine-tuned
+            so that its answers on measured patterns it had not seen were right 80 % of the
+            time (``XrdClassifier.abstain_below``; 0 for a model never fine-tuned).
         errors: On a file that cannot be read: ``"raise"`` its ``PatternReadError`` (naming
             it), or ``"warn"`` (one warning each) and predict the rest.
+        references: Reference phases whose clean patterns are searched for each pattern's
+            three closest matches (they do not change the predicted class): ``References``,
+            a path, False for none, or None for the published ``results/xrd/references.npz``
+            when it exists (``choose_references``).
 
     Returns:
         One row per pattern: ``source``, ``index`` (position in its file), ``crystal_system``
@@ -468,11 +504,13 @@ def predict(
         ``coverage`` (share of the grid measured), ``space_group_1..5`` with
         ``p_space_group_1..5`` (top 5), ``abstained``; with a library also
         ``library_space_group`` and ``library_similarity`` (cosine) of the nearest library
-        pattern. An empty table when there are no patterns.
+        pattern; with references also ``match_<k>_id, _name, _formula, _space_group,
+        _similarity`` for k = 1-3. An empty table when there are no patterns.
 
     Raises:
         ModelError: No model given and none published, or not an XRD classifier.
         LibraryError: A library path that is no readable library.
+        ReferencesError: A references path that is no readable references file.
         PatternReadError: With ``errors="raise"``, the first file that cannot be read.
     """
     from nanoxtal.xrd.evaluate import predict_patterns
@@ -481,5 +519,6 @@ def predict(
     # The model and library first: without them, reading the patterns is wasted.
     chosen = choose_classifier(model)
     searched, _ = choose_library(library)
+    named, _ = choose_references(references)
     measured = _measured(patterns, errors)
-    return predict_patterns(chosen.model, measured, wavelength, min_confidence, searched)
+    return predict_patterns(chosen.model, measured, wavelength, min_confidence, searched, named)

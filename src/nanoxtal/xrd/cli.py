@@ -46,10 +46,11 @@ def _structures(args: argparse.Namespace) -> int:
     for name, path in args.sources:
         read = list(read_sources([path], name))
         sources.extend(random_subset(read, args.max_structures, args.seed))
-    unknown = set(args.published) - {name for name, _ in args.sources}
-    if unknown:
-        _error(f"--published names no source: {', '.join(sorted(unknown))}")
-        return EXIT_FAILED
+    for option, names in (("--published", args.published), ("--prefer", args.prefer)):
+        unknown = set(names) - {name for name, _ in args.sources}
+        if unknown:
+            _error(f"{option} names no source: {', '.join(sorted(unknown))}")
+            return EXIT_FAILED
     table, rejects = build_table(
         sources,
         symprec=args.symprec,
@@ -59,6 +60,7 @@ def _structures(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         published=args.published,
+        prefer=args.prefer,
     )
     with atomic_write(args.out) as partial:
         table.to_parquet(partial, index=False)
@@ -159,8 +161,10 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from nanoxtal.xrd.evaluate import evaluate_models, model_specs, single_phase_set
+    from nanoxtal.xrd.references import load_references
 
     single_phase = None if args.single_phase is None else single_phase_set(args.single_phase)
+    references = None if args.references is None else load_references(args.references)
     metrics = evaluate_models(
         model_specs(args.model),
         args.structures,
@@ -171,6 +175,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.test_size,
         figures=args.figures,
         single_phase=single_phase,
+        references=references,
     )
     metrics["environment"] = describe()
     _write_json(args.out, metrics)
@@ -181,15 +186,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from nanoxtal.xrd.api import choose_classifier, choose_library
+    from nanoxtal.xrd.api import choose_classifier, choose_library, choose_references
     from nanoxtal.xrd.evaluate import predict_files
 
     chosen = choose_classifier(args.model)
     library, which = choose_library(False if args.no_library else args.library)
+    references, named = choose_references(False if args.no_references else args.references)
     print(f"model: {chosen.describe}")
     print(f"library: {which}")
+    print(f"references: {named}")
+    threshold = chosen.model.abstain_below if args.min_confidence is None else args.min_confidence
+    print(f"abstains below space-group probability {threshold:.3f}")
     table, errors = predict_files(
-        chosen.model, args.inputs, args.wavelength, args.min_confidence, library
+        chosen.model, args.inputs, args.wavelength, args.min_confidence, library, references
     )
     for message in errors:
         _error(message)
@@ -197,6 +206,20 @@ def _predict(args: argparse.Namespace) -> int:
         table.to_csv(partial, index=False)
     print(f"{len(table)} patterns predicted into {args.out}; {len(errors)} files failed")
     return EXIT_FAILED if errors else EXIT_OK
+
+
+def _references(args: argparse.Namespace) -> int:
+    from nanoxtal.xrd.references import references_from_tables
+
+    references = references_from_tables(
+        args.structures, args.peaks, args.sources or None, progress=not args.no_progress
+    )
+    references.save(args.out)
+    print(
+        f"{len(references)} reference phases ({len(set(references.space_group.tolist()))}"
+        f" space groups) written to {args.out}"
+    )
+    return EXIT_OK
 
 
 def _add_model_commands(verbs: argparse._SubParsersAction) -> None:
@@ -235,12 +258,27 @@ def _add_model_commands(verbs: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", type=Path, required=True, help="metrics .json")
     evaluate.add_argument("--figures", type=Path, required=True, help="folder for figures")
     evaluate.add_argument(
+        "--references", type=Path, help="reference phases (references.npz) to score on RRUFF"
+    )
+    evaluate.add_argument(
         "--single-phase",
         type=Path,
         metavar="FOLDER",
         help="folder of measured <formula>.xy files with reference CIFs in FOLDER/references",
     )
     evaluate.set_defaults(func=_evaluate)
+
+    references = verbs.add_parser(
+        "references", help="clean renders of reference phases, named beside predictions"
+    )
+    references.add_argument("structures", type=Path, help="structure table (.parquet)")
+    references.add_argument("--peaks", type=Path, required=True, help="its peak table")
+    references.add_argument(
+        "--sources", nargs="+", metavar="NAME", help="keep these sources only (default: all)"
+    )
+    references.add_argument("--out", type=Path, required=True, help="references .npz")
+    references.add_argument("--no-progress", action="store_true")
+    references.set_defaults(func=_references)
 
     predict = verbs.add_parser("predict", help="crystal system and space group of patterns")
     predict.add_argument(
@@ -256,8 +294,8 @@ def _add_model_commands(verbs: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--min-confidence",
         type=float,
-        default=0.0,
-        help="mark predictions with a lower space-group probability abstained",
+        help="mark predictions with a lower space-group probability abstained (default: the"
+        " model's own threshold, chosen when it was fine-tuned; 0 never abstains)",
     )
     library = predict.add_mutually_exclusive_group()
     library.add_argument(
@@ -267,6 +305,15 @@ def _add_model_commands(verbs: argparse._SubParsersAction) -> None:
         " default: the published results/xrd/models/library.npz when it exists)",
     )
     library.add_argument("--no-library", action="store_true", help="search no library")
+    references = predict.add_mutually_exclusive_group()
+    references.add_argument(
+        "--references",
+        type=Path,
+        help="reference phases whose 3 closest matches are named beside each prediction"
+        " (references.npz of `xrd references`; default: the published"
+        " results/xrd/references.npz when it exists)",
+    )
+    references.add_argument("--no-references", action="store_true", help="name no reference phases")
     predict.set_defaults(func=_predict)
 
 
@@ -285,7 +332,7 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         metavar="[NAME=]SOURCE",
         help="CIF file, folder of CIFs or CSV(.gz) with a cif column, named by the source it "
         "is (the table's `source` column; default 'file'); a phase two sources hold is kept "
-        "from the first",
+        "from the first unless --prefer names another",
     )
     structures.add_argument(
         "--published",
@@ -294,6 +341,14 @@ def add_commands(stages: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="a source whose CIFs' own space groups and settings are used (e.g. AMCSD); "
         "others have their symmetry detected",
+    )
+    structures.add_argument(
+        "--prefer",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a source whose copy of a phase another source also holds is kept (e.g. AMCSD's"
+        " measured structures; default: the first source's), best first",
     )
     structures.add_argument("--out", type=Path, required=True, help="structure table (.parquet)")
     structures.add_argument("--rejects", type=Path, required=True, help="rejects, reasons (.csv)")

@@ -202,9 +202,16 @@ class SiteArrays:
         )
 
     def structure(self) -> Structure:
-        """The pymatgen ``Structure`` (partially occupied sites as species dicts)."""
+        """The pymatgen ``Structure`` (partially occupied sites as species dicts).
+
+        A site whose occupancies sum to a little over 1 (published values rounded; the CIF
+        reader accepts up to ``nanoxtal.xrd.cif.MAX_OCCUPANCY``) is scaled to 1, which is the
+        most a pymatgen site may hold.
+        """
+        totals = self.occupancy.sum(1, keepdims=True)
+        occupancy = self.occupancy / np.maximum(totals, 1.0)
         species = [
-            {self.elements[e]: float(row[e]) for e in np.flatnonzero(row)} for row in self.occupancy
+            {self.elements[e]: float(row[e]) for e in np.flatnonzero(row)} for row in occupancy
         ]
         return Structure(Lattice(self.lattice), species, self.frac_coords)
 

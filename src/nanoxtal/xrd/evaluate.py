@@ -39,6 +39,7 @@ from nanoxtal.xrd.library import (
 from nanoxtal.xrd.module import XrdClassifier, embed_patterns, load_classifier, run_batched
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS
 from nanoxtal.xrd.profiles import Augmentation, Grid, Renderer
+from nanoxtal.xrd.references import References
 from nanoxtal.xrd.structures import (
     CRYSTAL_SYSTEMS,
     StructureError,
@@ -128,6 +129,48 @@ def coverage_scores(space_group: np.ndarray, p_space_group: np.ndarray) -> dict[
     }
 
 
+def abstention_scores(
+    model: XrdClassifier, space_group: np.ndarray, p_space_group: np.ndarray
+) -> dict[str, float]:
+    """The model's own abstention threshold, the share it answers and how often it is right."""
+    answered = p_space_group.max(1) >= model.abstain_below
+    right = p_space_group.argmax(1) + 1 == space_group
+    return {
+        "abstain_below": float(model.abstain_below),
+        "answered_share": float(answered.mean()),
+        "answered_space_group_accuracy": float(right[answered].mean()) if answered.any() else 0.0,
+    }
+
+
+def reference_scores(
+    references: References,
+    patterns: np.ndarray,
+    crystal_system: np.ndarray,
+    space_group: np.ndarray,
+) -> dict[str, float]:
+    """How often the reference phases named for measured patterns have their symmetry.
+
+    Returns:
+        ``rruff_heldout/references/``: ``match_1_space_group_accuracy`` and
+        ``match_1_crystal_system_accuracy`` (the first match), ``top3_space_group_accuracy``
+        (any of the three), ``similarity_median`` of the first, and the number of phases.
+    """
+    matches = references.match(patterns)
+    found = references.space_group[matches.rows]
+    prefix = "rruff_heldout/references"
+    return {
+        f"{prefix}/match_1_space_group_accuracy": accuracy(space_group, found[:, 0]),
+        f"{prefix}/match_1_crystal_system_accuracy": accuracy(
+            crystal_system, references.crystal_system[matches.rows[:, 0]]
+        ),
+        f"{prefix}/top3_space_group_accuracy": float(
+            (found == np.asarray(space_group)[:, None]).any(1).mean()
+        ),
+        f"{prefix}/similarity_median": float(np.median(matches.similarity[:, 0])),
+        f"{prefix}/phases": len(references),
+    }
+
+
 def gradient_times_input(
     model: XrdClassifier, patterns: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -202,6 +245,7 @@ def evaluate_models(
     figures: Path | str | None = None,
     explained: int = 4,
     single_phase: tuple[list[Path], Path] | None = None,
+    references: References | None = None,
 ) -> dict[str, Any]:
     """All XRD metrics for every model, on fixed splits.
 
@@ -226,6 +270,9 @@ def evaluate_models(
         single_phase: Measured single-phase files and their reference CIF folder: the
             fine-tuned models' predictions are checked against the references
             (``check_single_phase``), and written to ``figures`` as CSV.
+        references: The reference phases named beside predictions: how often the first
+            (and any of the three) has the held-out pattern's space group and crystal system
+            (``rruff_heldout/references/...``).
 
     Returns:
         Flat metrics: name → value, with the split sizes. ``rruff_heldout/synthetic_lookup/...``
@@ -234,7 +281,10 @@ def evaluate_models(
         (``.../similarity_median``). ``rruff_heldout/library/...`` is the
         library searched on the patterns alone; ``.../<variant>+library/...`` the model mixed
         with the library searched with its own embeddings too (``search_library``), whose
-        lookup alone is ``.../<variant>+library/library_space_group_accuracy``.
+        lookup alone is ``.../<variant>+library/library_space_group_accuracy``. Each model
+        abstaining below its own threshold (``XrdClassifier.abstain_below``):
+        ``.../abstain_below``, ``.../answered_share`` and ``.../answered_space_group_accuracy``
+        (with and without the library).
     """
     patterns, cs, sg = measured_set(measured)
     tune, held = rruff_split(len(patterns), fraction, seed)
@@ -261,6 +311,8 @@ def evaluate_models(
         cs[held], match["crystal_system"]
     )
     metrics["rruff_heldout/library/space_group_accuracy"] = accuracy(sg[held], match["space_group"])
+    if references is not None:
+        metrics.update(reference_scores(references, patterns[held], cs[held], sg[held]))
 
     data = XrdDataModule(str(structures), str(peaks), val_size=test_size, seed=seed)
     data.setup()
@@ -334,6 +386,9 @@ def evaluate_models(
                 metrics[f"rruff_heldout/{name}/{variant}+library/{key}"] = value
             for key, value in coverage_scores(sg[held], mixed[1]).items():
                 metrics[f"rruff_heldout/{name}/{variant}+library/{key}"] = value
+            for suffix, p_space_group in (("", p_sg), ("+library", mixed[1])):
+                for key, value in abstention_scores(model, sg[held], p_space_group).items():
+                    metrics[f"rruff_heldout/{name}/{variant}{suffix}/{key}"] = value
             raw_sg = uncalibrated_space_group(model, patterns[held])
             prefix = f"rruff_heldout/{name}/{variant}"
             metrics[f"{prefix}/temperature_crystal_system"] = float(model.temperature[0])
@@ -472,8 +527,9 @@ def predict_files(
     model: XrdClassifier,
     inputs: list[Path],
     assumed_wavelength: float | None = None,
-    min_confidence: float = 0.0,
+    min_confidence: float | None = None,
     library: Library | None = None,
+    references: References | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Predict every pattern of every input file; unreadable files are reported, not fatal.
 
@@ -481,16 +537,20 @@ def predict_files(
         model: The classifier.
         inputs: Pattern files (any format ``read_patterns`` knows).
         assumed_wavelength: Wavelength (Å) of files that do not state theirs.
-        min_confidence: Below this space-group probability the prediction is marked abstained.
+        min_confidence: Below this space-group probability the prediction is marked abstained;
+            None for the model's own threshold (``XrdClassifier.abstain_below``).
         library: Labelled measured patterns searched beside the model
             (``nanoxtal.xrd.library``): a close match shifts the probabilities to its labels.
+        references: Reference phases named beside each prediction.
 
     Returns:
         The predictions (``predict_patterns``; an empty table when no file could be read) and
         the error messages of the files that could not be read.
     """
     patterns, errors = read_files(inputs)
-    table = predict_patterns(model, patterns, assumed_wavelength, min_confidence, library)
+    table = predict_patterns(
+        model, patterns, assumed_wavelength, min_confidence, library, references
+    )
     return table, [str(error) for error in errors]
 
 
@@ -498,8 +558,9 @@ def predict_patterns(
     model: XrdClassifier,
     patterns: Sequence[Measured],
     assumed_wavelength: float | None = None,
-    min_confidence: float = 0.0,
+    min_confidence: float | None = None,
     library: Library | None = None,
+    references: References | None = None,
 ) -> pd.DataFrame:
     """Crystal system and space group of measured patterns, moved onto the model grid first.
 
@@ -508,15 +569,19 @@ def predict_patterns(
         patterns: The patterns (``to_grid`` resamples and scales each).
         assumed_wavelength: Wavelength (Å) of patterns that do not state theirs (default: the
             model's, Cu Kα).
-        min_confidence: Below this space-group probability the prediction is marked abstained.
+        min_confidence: Below this space-group probability the prediction is marked abstained;
+            None for the model's own threshold (``XrdClassifier.abstain_below``).
         library: Labelled measured patterns searched beside the model
             (``nanoxtal.xrd.library``): a close match shifts the probabilities to its labels.
+        references: Reference phases named beside each prediction
+            (``nanoxtal.xrd.references``); they do not change the predicted class.
 
     Returns:
         One row per pattern (``source, index, crystal_system, space_group, p_crystal_system,
         p_space_group``, top-5 space groups with probabilities, coverage, abstained; with a
-        library also its nearest pattern's space group and cosine similarity); an empty table
-        (no columns) when there are no patterns.
+        library also its nearest pattern's space group and cosine similarity; with references
+        the ``MATCHES`` most similar reference phases, ``match_<k>_id, _name, _formula,
+        _space_group, _similarity``); an empty table (no columns) when there are no patterns.
     """
     rows, grids = [], []
     for pattern in patterns:
@@ -534,6 +599,7 @@ def predict_patterns(
             row["library_space_group"] = int(match["space_group"][i])
             row["library_similarity"] = float(match["similarity"][i])
     top = np.argsort(-p_sg, axis=1)[:, :5]
+    threshold = model.abstain_below if min_confidence is None else min_confidence
     for i, row in enumerate(rows):
         row["crystal_system"] = CRYSTAL_SYSTEMS[int(p_cs[i].argmax())]
         row["space_group"] = int(top[i, 0]) + 1
@@ -542,8 +608,10 @@ def predict_patterns(
         for k in range(5):
             row[f"space_group_{k + 1}"] = int(top[i, k]) + 1
             row[f"p_space_group_{k + 1}"] = float(p_sg[i, top[i, k]])
-        row["abstained"] = row["p_space_group"] < min_confidence
+        row["abstained"] = row["p_space_group"] < threshold
     table = pd.DataFrame(rows)
+    if references is not None:
+        table = pd.concat([table, references.columns(references.match(grids))], axis=1)
     leading = list(PREDICTION_COLUMNS)
     return table[leading + [c for c in table.columns if c not in leading]]
 

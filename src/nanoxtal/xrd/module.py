@@ -117,8 +117,19 @@ class XrdClassifier(pl.LightningModule):
         sg = torch.ones(N_SPACE_GROUPS) if space_group_weights is None else space_group_weights
         self.register_buffer("crystal_system_weights", cs.float())
         self.register_buffer("space_group_weights", sg.float())
-        # Softmax temperatures of the two heads (``store_temperatures``); 1 until calibrated.
+        # Softmax temperatures of the two heads (``store_calibration``); 1 until calibrated.
         self.register_buffer("temperature", torch.ones(2))
+        # Below this calibrated space-group probability a prediction is marked abstained
+        # (``store_calibration``); 0 (never) until chosen.
+        self.abstain_below = 0.0
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the abstention threshold with the weights."""
+        checkpoint["abstain_below"] = float(self.abstain_below)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the abstention threshold (0 for checkpoints written before it existed)."""
+        self.abstain_below = float(checkpoint.get("abstain_below", 0.0))
 
     def forward(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits for patterns (B, points)."""
@@ -238,12 +249,18 @@ def embed_patterns(model: XrdClassifier, patterns: np.ndarray, batch_size: int =
     return run_batched(model, model.embed, patterns, batch_size)[0].numpy()
 
 
-def store_temperatures(checkpoint: Path | str, temperatures: tuple[float, float]) -> None:
-    """Write the crystal-system and space-group temperatures into a saved classifier.
+def store_calibration(
+    checkpoint: Path | str, temperatures: tuple[float, float], abstain_below: float | None = None
+) -> None:
+    """Write the two heads' temperatures (and the abstention threshold) into a classifier.
 
-    The file is replaced atomically; ``predict_proba`` of the reloaded model uses them.
+    The file is replaced atomically; ``predict_proba`` of the reloaded model uses the
+    temperatures, and prediction marks answers below ``abstain_below`` (a space-group
+    probability) abstained by default.
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state["state_dict"]["temperature"] = torch.tensor(temperatures, dtype=torch.float32)
+    if abstain_below is not None:
+        state["abstain_below"] = float(abstain_below)
     with atomic_write(checkpoint) as partial:
         torch.save(state, partial)

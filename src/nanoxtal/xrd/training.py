@@ -13,6 +13,7 @@ import torch
 
 from nanoxtal.data.registry import sha256_file
 from nanoxtal.files import atomic_write
+from nanoxtal.metrics import threshold_for_precision
 from nanoxtal.train import TrainerSettings, fit, run_key, seed_run
 from nanoxtal.xrd.datamodule import MeasuredDataModule, XrdDataModule
 from nanoxtal.xrd.io import read_patterns, to_grid
@@ -24,7 +25,7 @@ from nanoxtal.xrd.module import (
     fit_temperature,
     load_classifier,
     run_batched,
-    store_temperatures,
+    store_calibration,
 )
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS, N_SPACE_GROUPS, build_net
 
@@ -173,6 +174,10 @@ class FinetuneSettings:
             folds, each predicted by a fine-tune on the others, and the temperatures are fitted
             on all those out-of-fold predictions (0 or 1: on the validation rows only, a tenth
             of the part).
+        abstain_precision: The model abstains below the space-group probability at which its
+            answers on those same predictions are right this often
+            (``threshold_for_precision``); 0: never abstains.
+        abstain_min_answered: Fewest of those predictions the threshold may leave answered.
     """
 
     fraction: float = 0.5
@@ -180,6 +185,8 @@ class FinetuneSettings:
     lr: float = 3e-4
     batch_size: int = 32
     calibration_folds: int = 3
+    abstain_precision: float = 0.8
+    abstain_min_answered: int = 20
 
 
 def _finetune_rows(
@@ -264,10 +271,12 @@ def finetune_classifier(
     the fine-tune part. The probabilities are calibrated by temperature scaling on
     out-of-fold predictions of the whole fine-tune part (``crossfit_logits``; or on the
     validation rows alone), stored in the published checkpoint and
-    ``<stage_dir>/calibration.json``. The split is written to ``<stage_dir>/split.json``, and
-    the whole fine-tune part as a pattern library searched beside the model, with the
-    fine-tuned model's representations of its patterns (``nanoxtal.xrd.library``), to
-    ``<stage_dir>/library.npz``.
+    ``<stage_dir>/calibration.json``, with the space-group probability below which the model
+    abstains, chosen on the same predictions (``abstain_precision``). The split is written to
+    ``<stage_dir>/split.json``, and the whole fine-tune part as a pattern library searched
+    beside the model, with the fine-tuned model's representations of its patterns
+    (``nanoxtal.xrd.library``), to ``<stage_dir>/library.npz``. With ``fraction`` 1 nothing is
+    held out: the refit published for users once the held-out half has measured the method.
 
     Returns:
         The published fine-tuned checkpoint, ``<stage_dir>/models/best.ckpt``.
@@ -305,12 +314,29 @@ def finetune_classifier(
         fit_temperature(logits[0], torch.as_tensor(tune.crystal_system[rows])),
         fit_temperature(logits[1], torch.as_tensor(tune.space_group[rows] - 1)),
     )
-    store_temperatures(published, temperatures)
+    p_space_group = torch.softmax(logits[1] / temperatures[1], 1).numpy()
+    correct = p_space_group.argmax(1) + 1 == tune.space_group[rows]
+    confidence = p_space_group.max(1)
+    abstain_below = (
+        threshold_for_precision(
+            correct, confidence, settings.abstain_precision, settings.abstain_min_answered
+        )
+        if settings.abstain_precision > 0
+        else 0.0
+    )
+    store_calibration(published, temperatures, abstain_below)
+    answered = confidence >= abstain_below
     calibration = {
         "method": f"temperature scaling (Guo et al., ICML 2017) on {method}",
         "rows": tune_rows[rows].tolist(),
         "temperature_crystal_system": temperatures[0],
         "temperature_space_group": temperatures[1],
+        "abstain_precision": settings.abstain_precision,
+        "abstain_below": abstain_below,
+        "answered_share": float(answered.mean()),
+        "answered_space_group_accuracy": float(correct[answered].mean())
+        if answered.any()
+        else None,
     }
     with atomic_write(Path(stage_dir) / "calibration.json") as partial:
         partial.write_text(json.dumps(calibration, indent=2) + "\n")
