@@ -67,6 +67,31 @@ def test_measured_like_patterns_find_their_phase(tiny_tables, tiny_measured, ref
     assert (matches.rows == truth[:, None]).any(1).mean() >= 0.9
 
 
+def test_a_trusted_close_match_moves_the_prediction(tiny_measured, references):
+    measured = read_patterns(tiny_measured)
+    grids = np.stack([to_grid(p)[0] for p in measured])
+    space_group = np.array([p.labels["space_group"] for p in measured])
+    named = load_references(references)
+    assert named.trust_space_group is None
+    matches = named.match(grids)
+    uniform = np.full((len(grids), 230), 1 / 230)
+    # Names only: the probabilities stay the model's.
+    assert named.mix(matches, uniform) is uniform
+    trusted = named.fit_trust(grids, space_group)
+    a, b = trusted.trust_space_group
+    assert b > 0  # closer matches are right more often on these patterns
+    p_sg = trusted.mix(matches, uniform)
+    np.testing.assert_allclose(p_sg.sum(1), 1.0)
+    first = named.space_group[matches.rows[:, 0]]
+    # From a uniform answer, every prediction becomes match 1's space group, so the accuracy
+    # is match 1's (about 1 in 230 before).
+    assert (p_sg.argmax(1) + 1 == first).all()
+    assert (p_sg.argmax(1) + 1 == space_group).mean() >= 0.75
+    # The curves travel with the file.
+    path = trusted.save(references.parent / "trusted.npz")
+    assert load_references(path).trust_space_group == pytest.approx((a, b))
+
+
 def test_only_the_sources_asked_for(tiny_tables, tmp_path):
     _, peaks, table = tiny_tables
     renamed = table.assign(source=["minerals"] * 3 + ["other"] * (len(table) - 3))

@@ -206,7 +206,7 @@ def single_phase_folder(folder):
     return folder
 
 
-def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured):
+def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured, outside_repository):
     structures, peaks, table = tiny_tables
     common = ["--trainer", json.dumps({"max_epochs": 1, "accelerator": "cpu"}), "--seed", "3"]
     assert (

@@ -95,9 +95,17 @@ rule xrd_references:
     input:
         structures=rules.xrd_structures.output.table,
         peaks=rules.xrd_simulate.output[0],
+        measured=dataset_dir("xrd_rruff") if "xrd_rruff" in DATASET_NAMES else [],
     output:
         "results/xrd/references.npz",
     params:
+        # How far match 1 is trusted: fitted on the RRUFF fine-tune part (never the held-out).
+        measured=lambda wildcards, input: (
+            f"--measured {input.measured}/rruff_dev.npz"
+            f" --fraction {config['xrd']['finetune']['fraction']} --seed {config['seed']}"
+            if input.measured
+            else ""
+        ),
         sources=lambda wildcards: (
             "--sources " + " ".join(config["xrd"]["references"]["sources"])
             if config["xrd"]["references"]["sources"]
@@ -115,7 +123,7 @@ rule xrd_references:
         "../../envs/xrd.yaml"
     shell:
         "nanoxtal xrd references {input.structures:q} --peaks {input.peaks:q}"
-        " {params.sources} --out {output:q} --no-progress > {log:q} 2>&1"
+        " {params.sources} {params.measured} --out {output:q} --no-progress > {log:q} 2>&1"
 
 
 rule xrd_train:

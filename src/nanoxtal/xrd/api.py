@@ -487,14 +487,16 @@ def predict(
             for the published ``results/xrd/models/library.npz`` when it exists
             (``choose_library``).
         wavelength: Wavelength, Å, of patterns that do not state theirs (default Cu Kα).
-        min_confidence: Predictions with a lower space-group probability are marked
-            ``abstained``; None for the model's own threshold, chosen when it was fine-tuned
+        min_confidence: Predictions whose space-group probability by the model itself
+            (before a library or references move it) is lower are marked ``abstained``; None
+            for the model's own threshold, chosen when it was fine-tuned
             so that its answers on measured patterns it had not seen were right 80 % of the
             time (``XrdClassifier.abstain_below``; 0 for a model never fine-tuned).
         errors: On a file that cannot be read: ``"raise"`` its ``PatternReadError`` (naming
             it), or ``"warn"`` (one warning each) and predict the rest.
         references: Reference phases whose clean patterns are searched for each pattern's
-            three closest matches (they do not change the predicted class): ``References``,
+            three closest matches (with a trust curve, as published, a close match 1 also
+            moves the space-group probabilities towards its space group): ``References``,
             a path, False for none, or None for the published ``results/xrd/references.npz``
             when it exists (``choose_references``).
 

@@ -214,11 +214,24 @@ def _references(args: argparse.Namespace) -> int:
     references = references_from_tables(
         args.structures, args.peaks, args.sources or None, progress=not args.no_progress
     )
-    references.save(args.out)
     print(
         f"{len(references)} reference phases ({len(set(references.space_group.tolist()))}"
-        f" space groups) written to {args.out}"
+        " space groups)"
     )
+    if args.measured is not None:
+        from nanoxtal.xrd.training import measured_set, rruff_split
+
+        labelled = measured_set(args.measured)
+        tune, _ = rruff_split(len(labelled.patterns), args.fraction, args.seed)
+        tuned = labelled.subset(tune)
+        references = references.fit_trust(tuned.patterns, tuned.space_group)
+        print(
+            f"trust of match 1's space group fitted on {len(tune)} patterns of {args.measured}"
+            f" (fine-tune part, fraction {args.fraction}, seed {args.seed}):"
+            f" {references.trust_space_group}"
+        )
+    references.save(args.out)
+    print(f"written to {args.out}")
     return EXIT_OK
 
 
@@ -277,6 +290,14 @@ def _add_model_commands(verbs: argparse._SubParsersAction) -> None:
         "--sources", nargs="+", metavar="NAME", help="keep these sources only (default: all)"
     )
     references.add_argument("--out", type=Path, required=True, help="references .npz")
+    references.add_argument(
+        "--measured",
+        type=Path,
+        help="labelled measured patterns (rruff_dev.npz) whose fine-tune part fits how far a"
+        " match is trusted (then a close match moves the prediction); default: names only",
+    )
+    references.add_argument("--fraction", type=float, default=0.5, help="fine-tune share")
+    references.add_argument("--seed", type=int, default=42, help="seed of the split")
     references.add_argument("--no-progress", action="store_true")
     references.set_defaults(func=_references)
 

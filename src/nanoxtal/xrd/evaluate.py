@@ -130,10 +130,22 @@ def coverage_scores(space_group: np.ndarray, p_space_group: np.ndarray) -> dict[
 
 
 def abstention_scores(
-    model: XrdClassifier, space_group: np.ndarray, p_space_group: np.ndarray
+    model: XrdClassifier,
+    space_group: np.ndarray,
+    model_confidence: np.ndarray,
+    p_space_group: np.ndarray,
 ) -> dict[str, float]:
-    """The model's own abstention threshold, the share it answers and how often it is right."""
-    answered = p_space_group.max(1) >= model.abstain_below
+    """The model's own abstention threshold, the share it answers and how often it is right.
+
+    Args:
+        model: The classifier (its ``abstain_below``).
+        space_group: True labels 1-230.
+        model_confidence: The model's own top space-group probability, which decides
+            whether to answer (as when the threshold was chosen).
+        p_space_group: The probabilities the answer is taken from (the model's, or mixed
+            with a library or reference phases).
+    """
+    answered = model_confidence >= model.abstain_below
     right = p_space_group.argmax(1) + 1 == space_group
     return {
         "abstain_below": float(model.abstain_below),
@@ -272,7 +284,8 @@ def evaluate_models(
             (``check_single_phase``), and written to ``figures`` as CSV.
         references: The reference phases named beside predictions: how often the first
             (and any of the three) has the held-out pattern's space group and crystal system
-            (``rruff_heldout/references/...``).
+            (``rruff_heldout/references/...``); with trust curves, every model is also scored
+            with them mixed in (``.../<variant>+references``, ``+library+references``).
 
     Returns:
         Flat metrics: name → value, with the split sizes. ``rruff_heldout/synthetic_lookup/...``
@@ -386,8 +399,19 @@ def evaluate_models(
                 metrics[f"rruff_heldout/{name}/{variant}+library/{key}"] = value
             for key, value in coverage_scores(sg[held], mixed[1]).items():
                 metrics[f"rruff_heldout/{name}/{variant}+library/{key}"] = value
-            for suffix, p_space_group in (("", p_sg), ("+library", mixed[1])):
-                for key, value in abstention_scores(model, sg[held], p_space_group).items():
+            variants = {"": (p_cs, p_sg), "+library": mixed}
+            if references is not None and references.trust_space_group is not None:
+                # The published pipeline: model, library, then the reference phases (space
+                # group only: the crystal system stays the model's or the library's).
+                matches = references.match(patterns[held])
+                variants["+references"] = (p_cs, references.mix(matches, p_sg))
+                variants["+library+references"] = (mixed[0], references.mix(matches, mixed[1]))
+                for suffix in ("+references", "+library+references"):
+                    for key, value in scores(cs[held], sg[held], *variants[suffix]).items():
+                        metrics[f"rruff_heldout/{name}/{variant}{suffix}/{key}"] = value
+            for suffix, (_, p_space_group) in variants.items():
+                answered = abstention_scores(model, sg[held], p_sg.max(1), p_space_group)
+                for key, value in answered.items():
                     metrics[f"rruff_heldout/{name}/{variant}{suffix}/{key}"] = value
             raw_sg = uncalibrated_space_group(model, patterns[held])
             prefix = f"rruff_heldout/{name}/{variant}"
@@ -537,8 +561,9 @@ def predict_files(
         model: The classifier.
         inputs: Pattern files (any format ``read_patterns`` knows).
         assumed_wavelength: Wavelength (Å) of files that do not state theirs.
-        min_confidence: Below this space-group probability the prediction is marked abstained;
-            None for the model's own threshold (``XrdClassifier.abstain_below``).
+        min_confidence: Below this space-group probability (the model's own, before a library
+            or references move it) the prediction is marked abstained; None for the model's
+            own threshold (``XrdClassifier.abstain_below``), which was chosen on that quantity.
         library: Labelled measured patterns searched beside the model
             (``nanoxtal.xrd.library``): a close match shifts the probabilities to its labels.
         references: Reference phases named beside each prediction.
@@ -569,12 +594,14 @@ def predict_patterns(
         patterns: The patterns (``to_grid`` resamples and scales each).
         assumed_wavelength: Wavelength (Å) of patterns that do not state theirs (default: the
             model's, Cu Kα).
-        min_confidence: Below this space-group probability the prediction is marked abstained;
-            None for the model's own threshold (``XrdClassifier.abstain_below``).
+        min_confidence: Below this space-group probability (the model's own, before a library
+            or references move it) the prediction is marked abstained; None for the model's
+            own threshold (``XrdClassifier.abstain_below``), which was chosen on that quantity.
         library: Labelled measured patterns searched beside the model
             (``nanoxtal.xrd.library``): a close match shifts the probabilities to its labels.
         references: Reference phases named beside each prediction
-            (``nanoxtal.xrd.references``); they do not change the predicted class.
+            (``nanoxtal.xrd.references``); with trust curves, a close match 1 also moves the
+            probabilities towards its classes (``References.mix``).
 
     Returns:
         One row per pattern (``source, index, crystal_system, space_group, p_crystal_system,
@@ -592,12 +619,16 @@ def predict_patterns(
         return pd.DataFrame()
     grids = np.stack(grids)
     p_cs, p_sg = probabilities(model, grids)
+    model_confidence = p_sg.max(1)
     if library is not None:
         match = search_library(library, model, grids)
         p_cs, p_sg = library_probabilities(match, p_cs, p_sg)
         for i, row in enumerate(rows):
             row["library_space_group"] = int(match["space_group"][i])
             row["library_similarity"] = float(match["similarity"][i])
+    matches = None if references is None else references.match(grids)
+    if matches is not None:
+        p_sg = references.mix(matches, p_sg)
     top = np.argsort(-p_sg, axis=1)[:, :5]
     threshold = model.abstain_below if min_confidence is None else min_confidence
     for i, row in enumerate(rows):
@@ -608,10 +639,11 @@ def predict_patterns(
         for k in range(5):
             row[f"space_group_{k + 1}"] = int(top[i, k]) + 1
             row[f"p_space_group_{k + 1}"] = float(p_sg[i, top[i, k]])
-        row["abstained"] = row["p_space_group"] < threshold
+        # The model's own confidence decides, as when the threshold was chosen.
+        row["abstained"] = bool(model_confidence[i] < threshold)
     table = pd.DataFrame(rows)
-    if references is not None:
-        table = pd.concat([table, references.columns(references.match(grids))], axis=1)
+    if matches is not None:
+        table = pd.concat([table, references.columns(matches)], axis=1)
     leading = list(PREDICTION_COLUMNS)
     return table[leading + [c for c in table.columns if c not in leading]]
 

@@ -8,6 +8,14 @@ similar to a query: the cosine of the patterns after Gaussian smoothing, which t
 small peak shifts of zero error and of solid-solution lattice parameters, on a grid pooled to
 0.05° steps (five times fewer points to search, the same matches on the RRUFF fine-tune part).
 
+A close match is also evidence about the space group. Fitted on labelled measured patterns
+(the RRUFF fine-tune part), a logistic curve gives how often match 1's space group is right at
+its similarity (``fit_trust``); ``mix`` then moves the classifier's space-group probabilities
+towards match 1 by that trust, as the pattern library does (``nanoxtal.xrd.library.combine``).
+On out-of-fold predictions of the fine-tune part (curves fitted on the other folds) this took
+space-group accuracy from 43.2 % to 50.2 %. The crystal-system head is left alone: mixed the
+same way it fell from 63.4 % to 61.7 % there.
+
 The renders are those the classifier is trained on (``nanoxtal.xrd.profiles.Renderer``, peaks
 above ``min_intensity``), so a reference and the class the model predicts come from one
 simulation.
@@ -16,7 +24,7 @@ simulation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +33,14 @@ from tqdm.auto import tqdm
 
 from nanoxtal.files import atomic_write
 from nanoxtal.xrd.datamodule import StickSet, join_sticks, render_sticks
-from nanoxtal.xrd.library import SMOOTHING_POINTS, smooth, unit_rows
+from nanoxtal.xrd.library import (
+    SMOOTHING_POINTS,
+    combine,
+    fit_logistic,
+    sigmoid,
+    smooth,
+    unit_rows,
+)
 from nanoxtal.xrd.profiles import Augmentation, Renderer
 
 REFERENCES_FORMAT = 1
@@ -90,6 +105,8 @@ class References:
         smoothing_points: Gaussian σ (model grid points, 0.01° each) before pooling.
         pooled_points: Model grid points per reference point.
         grid_points: Points of the model grid the queries come on.
+        trust_space_group: (a, b) of P(match 1's space group is right | similarity)
+            (``fit_trust``); None: the matches are named, never mixed in.
     """
 
     patterns: np.ndarray
@@ -101,6 +118,7 @@ class References:
     smoothing_points: float
     pooled_points: int
     grid_points: int
+    trust_space_group: tuple[float, float] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -152,6 +170,30 @@ class References:
                 table[f"match_{j + 1}_{field}"] = value
         return pd.DataFrame(table)
 
+    def mix(self, matches: Matches, p_space_group: np.ndarray) -> np.ndarray:
+        """Space-group probabilities moved towards match 1 by its trust (as given without one).
+
+        Args:
+            matches: ``match`` of the same patterns.
+            p_space_group: (N, 230) classifier probabilities.
+        """
+        if self.trust_space_group is None:
+            return p_space_group
+        trust = sigmoid(*self.trust_space_group, matches.similarity[:, 0])
+        return combine(p_space_group, self.space_group[matches.rows[:, 0]], trust, offset=1)
+
+    def fit_trust(self, patterns: np.ndarray, space_group: np.ndarray) -> References:
+        """These references with the trust curve fitted on labelled measured patterns.
+
+        Args:
+            patterns: (N, grid_points) measured patterns (e.g. the RRUFF fine-tune part; never
+                the part that evaluates).
+            space_group: Their labels 1-230.
+        """
+        matches = self.match(patterns)
+        right = self.space_group[matches.rows[:, 0]] == np.asarray(space_group)
+        return replace(self, trust_space_group=fit_logistic(matches.similarity[:, 0], right))
+
     def save(self, path: Path | str) -> Path:
         """Write the references as an ``.npz`` archive (atomically; renders as float16)."""
         # A file handle: given a path without ".npz", numpy would append the suffix.
@@ -168,6 +210,11 @@ class References:
                 smoothing_points=self.smoothing_points,
                 pooled_points=self.pooled_points,
                 grid_points=self.grid_points,
+                **(
+                    {}
+                    if self.trust_space_group is None
+                    else {"trust_space_group": np.asarray(self.trust_space_group)}
+                ),
             )
         return Path(path)
 
@@ -234,7 +281,7 @@ def references_from_tables(
     min_intensity: float = 0.05,
     progress: bool = True,
 ) -> References:
-    """References of the structures of a structure table (all splits).
+    """References of the structures of a structure table (all splits), without trust curves.
 
     Args:
         structures: Structure table (``nanoxtal xrd structures``).
@@ -261,6 +308,14 @@ def references_from_tables(
     return build_references(sticks, names, table["formula"].tolist(), progress=progress)
 
 
+def _curve(archive: np.lib.npyio.NpzFile, name: str) -> tuple[float, float] | None:
+    """A stored (a, b) logistic curve, or None where the file has none."""
+    if name not in archive:
+        return None
+    a, b = (float(v) for v in archive[name])
+    return a, b
+
+
 def load_references(path: Path | str) -> References:
     """Read references written by ``References.save``.
 
@@ -285,6 +340,7 @@ def load_references(path: Path | str) -> References:
                 smoothing_points=float(archive["smoothing_points"]),
                 pooled_points=int(archive["pooled_points"]),
                 grid_points=int(archive["grid_points"]),
+                trust_space_group=_curve(archive, "trust_space_group"),
             )
     except (OSError, KeyError, ValueError, EOFError) as error:
         if isinstance(error, ReferencesError):
