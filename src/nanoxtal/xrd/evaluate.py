@@ -39,7 +39,7 @@ from nanoxtal.xrd.library import (
 from nanoxtal.xrd.module import XrdClassifier, embed_patterns, load_classifier, run_batched
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS
 from nanoxtal.xrd.profiles import Augmentation, Grid, Renderer
-from nanoxtal.xrd.references import References
+from nanoxtal.xrd.references import Matches, References
 from nanoxtal.xrd.structures import (
     CRYSTAL_SYSTEMS,
     StructureError,
@@ -156,18 +156,23 @@ def abstention_scores(
 
 def reference_scores(
     references: References,
-    patterns: np.ndarray,
+    matches: Matches,
     crystal_system: np.ndarray,
     space_group: np.ndarray,
 ) -> dict[str, float]:
     """How often the reference phases named for measured patterns have their symmetry.
+
+    Args:
+        references: The reference phases.
+        matches: ``references.match`` of the measured patterns.
+        crystal_system: Their true crystal systems 0-6.
+        space_group: Their true space groups 1-230.
 
     Returns:
         ``rruff_heldout/references/``: ``match_1_space_group_accuracy`` and
         ``match_1_crystal_system_accuracy`` (the first match), ``top3_space_group_accuracy``
         (any of the three), ``similarity_median`` of the first, and the number of phases.
     """
-    matches = references.match(patterns)
     found = references.space_group[matches.rows]
     prefix = "rruff_heldout/references"
     return {
@@ -325,7 +330,9 @@ def evaluate_models(
     )
     metrics["rruff_heldout/library/space_group_accuracy"] = accuracy(sg[held], match["space_group"])
     if references is not None:
-        metrics.update(reference_scores(references, patterns[held], cs[held], sg[held]))
+        # Searched once: the same matches are mixed into every model below.
+        held_matches = references.match(patterns[held])
+        metrics.update(reference_scores(references, held_matches, cs[held], sg[held]))
 
     data = XrdDataModule(str(structures), str(peaks), val_size=test_size, seed=seed)
     data.setup()
@@ -403,9 +410,11 @@ def evaluate_models(
             if references is not None and references.trust_space_group is not None:
                 # The published pipeline: model, library, then the reference phases (space
                 # group only: the crystal system stays the model's or the library's).
-                matches = references.match(patterns[held])
-                variants["+references"] = (p_cs, references.mix(matches, p_sg))
-                variants["+library+references"] = (mixed[0], references.mix(matches, mixed[1]))
+                variants["+references"] = (p_cs, references.mix(held_matches, p_sg))
+                variants["+library+references"] = (
+                    mixed[0],
+                    references.mix(held_matches, mixed[1]),
+                )
                 for suffix in ("+references", "+library+references"):
                     for key, value in scores(cs[held], sg[held], *variants[suffix]).items():
                         metrics[f"rruff_heldout/{name}/{variant}{suffix}/{key}"] = value

@@ -96,7 +96,7 @@ class References:
     """Clean renders of reference phases, searched by cosine similarity.
 
     Attributes:
-        patterns: (N, points) renders in ``search_form`` (float16 on disk).
+        patterns: (N, points) renders in ``search_form``, float32 (float16 on disk).
         ids: Structure ids (``mp-…``, ``amcsd-0000789``).
         names: Mineral names ("" where none).
         formulas: Reduced formulas.
@@ -141,7 +141,7 @@ class References:
                 " model grid"
             )
         k = min(k, len(self))
-        reference = np.asarray(self.patterns, dtype=np.float32)
+        reference = self.patterns
         rows = np.zeros((len(queries), k), dtype=np.int64)
         similarity = np.zeros((len(queries), k), dtype=np.float32)
         for start in range(0, len(queries), chunk):
@@ -259,7 +259,8 @@ def build_references(
         rendered = render_sticks(sticks.subset(rows), renderer, Augmentation.clean(), seed=0)
         parts.append(search_form(rendered, smoothing_points, pooled_points).astype(np.float16))
     return References(
-        patterns=np.concatenate(parts),
+        # Searched as float32 (``match``), so converted once here rather than on every search.
+        patterns=np.concatenate(parts).astype(np.float32),
         ids=np.asarray(sticks.ids).astype(str),
         names=np.asarray(names, dtype=str),
         formulas=np.asarray(formulas, dtype=str),
