@@ -12,6 +12,10 @@ from nanoxtal.xrd.diffraction import (
     SimulationError,
     compare_sticks,
     merge_equal,
+    peak_table,
+    reciprocal_rows,
+    reflections,
+    site_sums,
     stick_pattern,
 )
 from nanoxtal.xrd.radiation import WAVELENGTHS
@@ -101,6 +105,58 @@ def test_agrees_with_pymatgen_on_materials_project_structures(shared_data):
         )
         assert agreement.max_position_error < 0.01, material
         assert agreement.max_intensity_error < 1.0, material
+
+
+def oblique_lattices() -> list[np.ndarray]:
+    """Triclinic cells, one of them left-handed (a negative triple product)."""
+    rng = np.random.default_rng(4)
+    cells = [Lattice.from_parameters(4.1, 5.3, 7.9, 81.0, 97.0, 112.0).matrix]
+    cells += [np.diag([3.0, 4.0, 5.0]) + rng.normal(0, 0.6, (3, 3)) for _ in range(3)]
+    cells.append(cells[0][[1, 0, 2]])  # rows swapped: left-handed
+    return cells
+
+
+@pytest.mark.parametrize("lattice", oblique_lattices())
+def test_reciprocal_rows_and_reflections_match_a_plain_enumeration(lattice):
+    np.testing.assert_allclose(reciprocal_rows(lattice), np.linalg.inv(lattice).T, atol=1e-12)
+    g_min, g_max = 0.1, 0.9
+    found = reflections(lattice, g_min, g_max)
+    # Every (h, k, l) of one Friedel half-space in range, by brute force over a wide box.
+    metric = np.linalg.inv(lattice).T @ np.linalg.inv(lattice)
+    box = np.arange(-12, 13)
+    hkl = np.stack(np.meshgrid(box, box, box, indexing="ij"), -1).reshape(-1, 3)
+    g = np.sqrt(np.einsum("ni,ij,nj->n", hkl, metric, hkl))
+    h, k, l = hkl.T
+    half = (h > 0) | ((h == 0) & (k > 0)) | ((h == 0) & (k == 0) & (l > 0))
+    expected = hkl[half & (g >= g_min) & (g <= g_max)]
+    assert {tuple(r) for r in found.hkl} == {tuple(r) for r in expected}
+    np.testing.assert_allclose(
+        found.g, np.sqrt(np.einsum("ni,ij,nj->n", found.hkl, metric, found.hkl))
+    )
+
+
+def test_site_sums_equal_the_direct_sum_over_sites():
+    lattice = oblique_lattices()[0]
+    refl = reflections(lattice, 0.1, 1.2)
+    rng = np.random.default_rng(1)
+    frac = rng.random((7, 3))
+    occupancy = rng.random((7, 2))
+    phases = np.exp(2j * np.pi * refl.hkl @ frac.T)  # (m, sites), every sine and cosine
+    np.testing.assert_allclose(site_sums(refl, frac, occupancy), phases @ occupancy, atol=1e-11)
+
+
+def test_peak_table_has_one_row_per_peak_of_each_structure():
+    patterns = [
+        ("NaCl", stick_pattern(rock_salt())),
+        ("none", stick_pattern(rock_salt(), two_theta_range=(1.0, 1.1))),
+        ("KCl", stick_pattern(rock_salt(6.29))),
+    ]
+    table = peak_table(patterns)
+    assert table["id"].tolist() == ["NaCl"] * len(patterns[0][1]) + ["KCl"] * len(patterns[2][1])
+    kcl = table[table["id"] == "KCl"]
+    np.testing.assert_array_equal(kcl["two_theta"], patterns[2][1].two_theta)
+    np.testing.assert_array_equal(kcl[["h", "k", "l"]].to_numpy(), patterns[2][1].hkl)
+    assert peak_table([]).empty
 
 
 def test_merge_keeps_equivalent_reflections_together_across_a_bin_edge():

@@ -146,6 +146,81 @@ def test_march_dollase_platelets_enhance_00l():
     assert i002 / i100 == pytest.approx(ratio_expected * width_ratio, rel=0.03)
 
 
+def _tetragonal_two_peaks(n: int = 1):
+    """(100) at d = 4 Å and (002) at d = 3 Å of a 4 × 4 × 6 Å cell, equal sticks."""
+    lattice = np.diag([4.0, 4.0, 6.0])
+    peak = (np.array([4.0, 3.0]), np.array([100.0, 100.0]), np.array([[1, 0, 0], [0, 0, 2]]))
+    return make_batch([peak] * n, [lattice] * n, [3] * n)
+
+
+def _heights(pattern: torch.Tensor) -> tuple[float, float]:
+    """Heights at the (100) and (002) peaks of ``_tetragonal_two_peaks``."""
+    x = GRID.values()
+    return (
+        float(pattern[(x - bragg(4.0)).abs().argmin()]),
+        float(pattern[(x - bragg(3.0)).abs().argmin()]),
+    )
+
+
+def test_texture_axis_decides_which_reflections_grow():
+    along_c = Renderer()(_tetragonal_two_peaks(), only(march_dollase_r=(0.5, 0.5)))[0]
+    along_a = Renderer()(
+        _tetragonal_two_peaks(), only(march_dollase_r=(0.5, 0.5), texture_axes=((1, 0, 0),))
+    )[0]
+    i100_c, i002_c = _heights(along_c)
+    i100_a, i002_a = _heights(along_a)
+    # r < 1 favours the reflection along the axis: (002) for [001], (100) for [100].
+    assert i002_c > 3 * i100_c
+    assert i100_a > 3 * i002_a
+
+
+def test_films_take_their_r_from_film_r_for_their_share_of_the_batch():
+    batch = _tetragonal_two_peaks(400)
+    films = Renderer()(
+        batch,
+        only(march_dollase_r=(1.0, 1.0), film_probability=0.3, film_r=(0.2, 0.2)),
+        torch.Generator().manual_seed(3),
+    )
+    i002_over_i100 = np.array([b / a for a, b in map(_heights, films)])
+    powders = np.isclose(i002_over_i100, i002_over_i100.min(), rtol=0.01)
+    # r = 0.2 makes (002) (r^-3 = 125) over (100) (r^1.5 = 0.089) ≈ 1,400× stronger in area.
+    assert i002_over_i100.max() > 100 * i002_over_i100.min()
+    assert 0.22 < np.mean(~powders) < 0.38  # 0.3 ± 3.5 binomial σ (n = 400)
+
+
+def test_a_window_keeps_part_of_the_range_scaled_as_a_partial_scan_is_read():
+    batch = _tetragonal_two_peaks(200)
+    augmentation = only(
+        background=(0.1, 0.1),
+        window_probability=0.5,
+        window_start=(15.0, 20.0),
+        window_end=(25.0, 28.0),
+    )
+    out = Renderer()(batch, augmentation, torch.Generator().manual_seed(2))
+    x = GRID.values()
+    outside = (x < 15.0) | (x > 28.0)
+    windowed = (out[:, outside] == 0).all(dim=1)
+    assert 0.4 < float(windowed.float().mean()) < 0.6
+    # Inside the window, min-max 0-1 (as nanoxtal.xrd.io.to_grid reads a partial scan):
+    # the background offset is gone and (100) at 22.2° is the maximum; (002) at 29.7° is cut.
+    cut = out[windowed]
+    assert torch.allclose(cut.amax(dim=1), torch.ones(len(cut)))
+    assert float(cut[:, (x >= 20.0) & (x <= 25.0)].amin()) < 0.02
+    assert float(cut[:, (x - bragg(3.0)).abs() < 0.5].max()) == 0.0
+    # The rest keep the whole grid, max-normalised with their background.
+    whole = out[~windowed]
+    assert float(whole[:, x < 15.0].mean()) > 0.05
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"film_probability": 1.5}, {"window_probability": -0.1}, {"texture_axes": ((0, 0, 0),)}],
+)
+def test_bad_texture_or_window_settings_are_refused(changes):
+    with pytest.raises(ValueError, match=next(iter(changes))):
+        Augmentation(**changes)
+
+
 def test_zero_shift_and_displacement_move_peaks():
     d = 2.0
     shifted = Renderer()(single_peak(d), only(zero_shift=(0.1, 0.1)))[0]

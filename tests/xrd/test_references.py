@@ -92,6 +92,39 @@ def test_a_trusted_close_match_moves_the_prediction(tiny_measured, references):
     assert load_references(path).trust_space_group == pytest.approx((a, b))
 
 
+def test_patterns_unlike_every_phase_are_flagged_and_held_back(
+    tiny_tables, tiny_measured, references, tmp_path, monkeypatch, save_tiny_classifier
+):
+    measured = read_patterns(tiny_measured)
+    grids = np.stack([to_grid(p)[0] for p in measured])
+    space_group = np.array([p.labels["space_group"] for p in measured])
+    named = load_references(references)
+    assert named.unlike_below is None and not named.unlike(named.match(grids)).any()
+    trusted = named.fit_trust(grids, space_group)
+    similarity = named.match(grids).similarity[:, 0]
+    # The gate is the 1 % quantile of match 1's similarity on the labelled patterns.
+    assert trusted.unlike_below == pytest.approx(np.quantile(similarity, 0.01))
+    assert trusted.unlike(named.match(grids)).sum() <= np.ceil(0.01 * len(grids))  # 1 of 48
+    # One sharp peak below any of the tiny crystals' first reflections is like none of them.
+    two_theta = 5 + 0.01 * np.arange(8500)
+    humps = np.stack([np.exp(-(((two_theta - c) / 0.05) ** 2)) for c in (5.5, 6.5)])
+    assert trusted.unlike(trusted.match(humps)).all()
+    path = trusted.save(tmp_path / "gated.npz")
+    assert load_references(path).unlike_below == pytest.approx(trusted.unlike_below)
+
+    # predict holds them back whatever the model's probability; patterns like a phase are not.
+    structures, peaks, table = tiny_tables
+    sticks, _ = load_sticks(structures, peaks)
+    clean = render_sticks(sticks, Renderer(), Augmentation.clean(), seed=5)[:3]
+    columns = np.round(5 + 0.01 * np.arange(8500), 2)
+    frame = pd.DataFrame(np.concatenate([clean, humps]), columns=columns)
+    model = save_tiny_classifier(tmp_path / "m.ckpt")
+    monkeypatch.chdir(tmp_path)
+    table = xrd.predict(frame, model=model, library=False, references=path, min_confidence=0.0)
+    assert table["unlike_references"].tolist() == [False] * 3 + [True] * 2
+    assert table["abstained"].tolist() == [False] * 3 + [True] * 2
+
+
 def test_only_the_sources_asked_for(tiny_tables, tmp_path):
     _, peaks, table = tiny_tables
     renamed = table.assign(source=["minerals"] * 3 + ["other"] * (len(table) - 3))

@@ -294,6 +294,24 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_tables, tiny_measured, outsid
         == load_classifier(tuned).abstain_below
     )
     assert 0.0 <= metrics["rruff_heldout/tiny/finetuned+library/answered_share"] <= 1.0
+    # Protocol (d), thin films: every test structure, scored and abstained on by each model.
+    assert metrics["film_test_size"] == metrics["mp_test_size"] + sum(
+        v for k, v in metrics.items() if k.startswith("test/") and k.endswith("_size")
+    )
+    assert metrics["film_test/tiny/synthetic/answered_share"] == 1.0
+    assert (
+        metrics["film_test/tiny/finetuned/abstain_below"]
+        == metrics["rruff_heldout/tiny/finetuned/abstain_below"]
+    )
+    for variant in ("synthetic", "finetuned"):
+        assert 0.0 <= metrics[f"film_test/tiny/{variant}/space_group_accuracy"] <= 1.0
+    # References without a fitted gate hold nothing back: the gated scores equal the plain.
+    assert metrics["rruff_heldout/references/unlike_share"] == 0.0
+    assert metrics["film_test/references/unlike_share"] == 0.0
+    assert (
+        metrics["film_test/tiny/finetuned+unlike/answered_share"]
+        == metrics["film_test/tiny/finetuned/answered_share"]
+    )
     assert metrics["rruff_heldout_size"] == 24 and metrics["rruff_finetune_size"] == 24
     assert metrics["environment"] == describe()  # the machine it was measured on
     # Every held-out crystal has three sibling renders in the fine-tune part: the lookup floor.

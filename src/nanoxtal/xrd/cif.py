@@ -68,7 +68,7 @@ import numpy as np
 from pymatgen.analysis.diffraction.xrd import ATOMIC_SCATTERING_PARAMS
 from pymatgen.core import Composition
 
-from nanoxtal.xrd.diffraction import SiteArrays
+from nanoxtal.xrd.diffraction import SiteArrays, reciprocal_rows
 
 # Images of atoms closer than this (Å) are one position.
 MERGE_TOLERANCE = 0.01
@@ -139,17 +139,27 @@ class CifRead:
             per-element occupancies).
         space_group: ITA number (1-230) from the CIF's own symbol, Hall symbol or number tags
             (from its operators when those tags are unknown), ``None`` when there is none.
-        formula: Reduced formula of the cell contents, occupancy-weighted (pymatgen's
-            ``Composition.reduced_formula``).
         mineral: ``_chemical_name_mineral`` when present.
         notes: Every quirk applied in reading, human readable.
     """
 
     sites: SiteArrays
     space_group: int | None
-    formula: str
     mineral: str | None
     notes: tuple[str, ...]
+
+    @functools.cached_property
+    def formula(self) -> str:
+        """Reduced formula of the cell contents, occupancy-weighted.
+
+        pymatgen's ``Composition.reduced_formula``, computed when first asked: simulating
+        needs no formula, and computing it was 15 % of the reading time.
+        """
+        amounts = self.sites.occupancy.sum(axis=0).tolist()
+        with warnings.catch_warnings():
+            # pymatgen warns that noble gases have no electronegativity (formula order): noise.
+            warnings.simplefilter("ignore")
+            return Composition(dict(zip(self.sites.elements, amounts, strict=True))).reduced_formula
 
 
 @dataclass(frozen=True)
@@ -183,13 +193,8 @@ def read_cif(text: str, merge_tolerance: float = MERGE_TOLERANCE) -> CifRead:
     operators, listed = _operators(block, notes)
     space_group = _space_group_number(block, operators if listed else None, notes)
     sites = _merged_sites(lattice, atoms, operators, merge_tolerance, notes)
-    amounts = dict(zip(sites.elements, sites.occupancy.sum(axis=0).tolist(), strict=True))
-    with warnings.catch_warnings():
-        # pymatgen warns that noble gases have no electronegativity (formula order): noise.
-        warnings.simplefilter("ignore")
-        formula = Composition(amounts).reduced_formula
     mineral = _text_value(block, "_chemical_name_mineral")
-    return CifRead(sites, space_group, formula, mineral, tuple(dict.fromkeys(notes)))
+    return CifRead(sites, space_group, mineral, tuple(dict.fromkeys(notes)))
 
 
 # --- CIF access ------------------------------------------------------------------------------
@@ -657,14 +662,6 @@ def _distinct_images(images: np.ndarray) -> np.ndarray:
     return distinct
 
 
-def _reciprocal_a(lattice: np.ndarray) -> float:
-    """|a*| = |b × c| / V, Å⁻¹ (plain floats: numpy's 3 × 3 routines cost more than this)."""
-    (a1, a2, a3), (b1, b2, b3), (c1, c2, c3) = lattice.tolist()
-    cross = (b2 * c3 - b3 * c2, b3 * c1 - b1 * c3, b1 * c2 - b2 * c1)
-    volume = a1 * cross[0] + a2 * cross[1] + a3 * cross[2]
-    return math.hypot(*cross) / abs(volume)
-
-
 def _first_close(points: np.ndarray, lattice: np.ndarray, tolerance: float) -> np.ndarray | None:
     """For each point, the index of the first point within tolerance (itself if none earlier).
 
@@ -681,7 +678,7 @@ def _first_close(points: np.ndarray, lattice: np.ndarray, tolerance: float) -> n
         The indices, or ``None`` when no two points are within tolerance (the usual case).
     """
     n = len(points)
-    window = tolerance * _reciprocal_a(lattice)
+    window = tolerance * math.hypot(*reciprocal_rows(lattice)[0])
     order = np.argsort(points[:, 0], kind="stable")
     x = points[order, 0]
     # Periodic: the sorted points follow again one cell on, so windows reach across x = 1.

@@ -228,7 +228,8 @@ def _references(args: argparse.Namespace) -> int:
         print(
             f"trust of match 1's space group fitted on {len(tune)} patterns of {args.measured}"
             f" (fine-tune part, fraction {args.fraction}, seed {args.seed}):"
-            f" {references.trust_space_group}"
+            f" {references.trust_space_group}; patterns whose match 1 is below similarity"
+            f" {references.unlike_below:.3f} (1 % of those) are held back as unlike any phase"
         )
     references.save(args.out)
     print(f"written to {args.out}")

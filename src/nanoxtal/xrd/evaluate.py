@@ -38,7 +38,7 @@ from nanoxtal.xrd.library import (
 )
 from nanoxtal.xrd.module import XrdClassifier, embed_patterns, load_classifier, run_batched
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS
-from nanoxtal.xrd.profiles import Augmentation, Grid, Renderer
+from nanoxtal.xrd.profiles import LOW_INDEX_AXES, Augmentation, Grid, Renderer
 from nanoxtal.xrd.references import Matches, References
 from nanoxtal.xrd.structures import (
     CRYSTAL_SYSTEMS,
@@ -134,6 +134,7 @@ def abstention_scores(
     space_group: np.ndarray,
     model_confidence: np.ndarray,
     p_space_group: np.ndarray,
+    unlike: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The model's own abstention threshold, the share it answers and how often it is right.
 
@@ -144,8 +145,12 @@ def abstention_scores(
             whether to answer (as when the threshold was chosen).
         p_space_group: The probabilities the answer is taken from (the model's, or mixed
             with a library or reference phases).
+        unlike: Patterns unlike every reference phase (``References.unlike``), never
+            answered; None: none.
     """
     answered = model_confidence >= model.abstain_below
+    if unlike is not None:
+        answered &= ~unlike
     right = p_space_group.argmax(1) + 1 == space_group
     return {
         "abstain_below": float(model.abstain_below),
@@ -185,6 +190,7 @@ def reference_scores(
         ),
         f"{prefix}/similarity_median": float(np.median(matches.similarity[:, 0])),
         f"{prefix}/phases": len(references),
+        f"{prefix}/unlike_share": float(references.unlike(matches).mean()),
     }
 
 
@@ -203,6 +209,17 @@ def gradient_times_input(
     logits.gather(1, predicted[:, None]).sum().backward()
     return (x.grad * x).detach().numpy(), predicted.numpy() + 1
 
+
+# Protocol (d): thin films as issue 27 §5 describes the owners' measured ones, strongly
+# textured along a low-index axis and scanned from 10 to 60° 2θ.
+FILM_EFFECTS: dict[str, Any] = {
+    "film_probability": 1.0,
+    "film_r": (0.1, 0.5),
+    "texture_axes": LOW_INDEX_AXES,
+    "window_probability": 1.0,
+    "window_start": (10.0, 10.0),
+    "window_end": (60.0, 60.0),
+}
 
 # Protocol (b)'s name for the Materials Project test rows (``source`` of the structure table).
 MP_TEST = "mp_test"
@@ -270,7 +287,10 @@ def evaluate_models(
     ``seed``), with and without fine-tuning, beside the cosine 1-nearest-neighbour lookup into the
     fine-tune part (the floor); (b) the Materials Project test split (formulas never trained on),
     rendered with experimental effects; (c) the cubic structures of the test split with lattice
-    strain up to ``strain``.
+    strain up to ``strain``; (d) the whole test split rendered as textured thin films scanned
+    over 10-60° 2θ (``FILM_EFFECTS``), with the share each model answers and how often it is
+    right where it does (``.../<variant>+unlike``: also holding back films unlike every
+    reference phase, as ``predict`` does).
 
     Args:
         models: Per model name: ``{"synthetic": ckpt, "finetuned": ckpt}``.
@@ -329,9 +349,11 @@ def evaluate_models(
         cs[held], match["crystal_system"]
     )
     metrics["rruff_heldout/library/space_group_accuracy"] = accuracy(sg[held], match["space_group"])
+    held_unlike = film_unlike = None
     if references is not None:
         # Searched once: the same matches are mixed into every model below.
         held_matches = references.match(patterns[held])
+        held_unlike = references.unlike(held_matches)
         metrics.update(reference_scores(references, held_matches, cs[held], sg[held]))
 
     data = XrdDataModule(str(structures), str(peaks), val_size=test_size, seed=seed)
@@ -356,6 +378,12 @@ def evaluate_models(
         **{**asdict(data.augmentation(evaluation=True)), "lattice_strain": (-strain, strain)}
     )
     cubic = render_split(data, "test", strained, seed + 7, cubic_rows)
+    film = render_split(
+        data,
+        "test",
+        Augmentation(**{**asdict(data.augmentation(evaluation=True)), **FILM_EFFECTS}),
+        seed + 11,
+    )
     # The same lookup into the synthetic training structures: the no-RRUFF analogue of the
     # floor, and how close the training data comes to the measured patterns at all; per
     # source too (issue 3's coverage: does a source hold an analogue of the measured phase?).
@@ -386,10 +414,25 @@ def evaluate_models(
         metrics[f"{key}_size"] = len(rendered)
     metrics["strained_cubic_size"] = len(cubic_rows)
     metrics["strained_cubic_max_strain"] = strain
+    metrics["film_test_size"] = len(film[0])
+    if references is not None:
+        film_unlike = references.unlike(references.match(film[0]))
+        metrics["film_test/references/unlike_share"] = float(film_unlike.mean())
 
     for name, checkpoints in models.items():
         for variant, path in checkpoints.items():
             model = load_classifier(path)
+            film_cs, film_sg = probabilities(model, film[0])
+            for key, value in (
+                scores(film[1], film[2], film_cs, film_sg)
+                | abstention_scores(model, film[2], film_sg.max(1), film_sg)
+            ).items():
+                metrics[f"film_test/{name}/{variant}/{key}"] = value
+            if film_unlike is not None:
+                # Answered only where the model is confident and the film is like a phase.
+                gated = abstention_scores(model, film[2], film_sg.max(1), film_sg, film_unlike)
+                for key, value in gated.items():
+                    metrics[f"film_test/{name}/{variant}+unlike/{key}"] = value
             p_cs, p_sg = probabilities(model, patterns[held])
             for key, value in scores(cs[held], sg[held], p_cs, p_sg).items():
                 metrics[f"rruff_heldout/{name}/{variant}/{key}"] = value
@@ -419,7 +462,9 @@ def evaluate_models(
                     for key, value in scores(cs[held], sg[held], *variants[suffix]).items():
                         metrics[f"rruff_heldout/{name}/{variant}{suffix}/{key}"] = value
             for suffix, (_, p_space_group) in variants.items():
-                answered = abstention_scores(model, sg[held], p_sg.max(1), p_space_group)
+                # With the reference phases, as predict does: unlike patterns held back.
+                gate = held_unlike if "references" in suffix else None
+                answered = abstention_scores(model, sg[held], p_sg.max(1), p_space_group, gate)
                 for key, value in answered.items():
                     metrics[f"rruff_heldout/{name}/{variant}{suffix}/{key}"] = value
             raw_sg = uncalibrated_space_group(model, patterns[held])
@@ -610,14 +655,16 @@ def predict_patterns(
             (``nanoxtal.xrd.library``): a close match shifts the probabilities to its labels.
         references: Reference phases named beside each prediction
             (``nanoxtal.xrd.references``); with trust curves, a close match 1 also moves the
-            probabilities towards its classes (``References.mix``).
+            probabilities towards its classes (``References.mix``), and a pattern unlike every
+            phase (``References.unlike``) is marked abstained whatever its probability.
 
     Returns:
         One row per pattern (``source, index, crystal_system, space_group, p_crystal_system,
         p_space_group``, top-5 space groups with probabilities, coverage, abstained; with a
         library also its nearest pattern's space group and cosine similarity; with references
-        the ``MATCHES`` most similar reference phases, ``match_<k>_id, _name, _formula,
-        _space_group, _similarity``); an empty table (no columns) when there are no patterns.
+        ``unlike_references`` and the ``MATCHES`` most similar reference phases,
+        ``match_<k>_id, _name, _formula, _space_group, _similarity``); an empty table (no
+        columns) when there are no patterns.
     """
     rows, grids = [], []
     for pattern in patterns:
@@ -636,8 +683,12 @@ def predict_patterns(
             row["library_space_group"] = int(match["space_group"][i])
             row["library_similarity"] = float(match["similarity"][i])
     matches = None if references is None else references.match(grids)
+    unlike = np.zeros(len(rows), dtype=bool)
     if matches is not None:
         p_sg = references.mix(matches, p_sg)
+        unlike = references.unlike(matches)
+        for i, row in enumerate(rows):
+            row["unlike_references"] = bool(unlike[i])
     top = np.argsort(-p_sg, axis=1)[:, :5]
     threshold = model.abstain_below if min_confidence is None else min_confidence
     for i, row in enumerate(rows):
@@ -648,8 +699,9 @@ def predict_patterns(
         for k in range(5):
             row[f"space_group_{k + 1}"] = int(top[i, k]) + 1
             row[f"p_space_group_{k + 1}"] = float(p_sg[i, top[i, k]])
-        # The model's own confidence decides, as when the threshold was chosen.
-        row["abstained"] = bool(model_confidence[i] < threshold)
+        # The model's own confidence decides, as when the threshold was chosen; a pattern
+        # unlike every reference phase is unlike the training data too.
+        row["abstained"] = bool(model_confidence[i] < threshold or unlike[i])
     table = pd.DataFrame(rows)
     if matches is not None:
         table = pd.concat([table, references.columns(matches)], axis=1)

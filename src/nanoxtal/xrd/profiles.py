@@ -12,7 +12,12 @@ Each effect is a physical model of something a diffractometer or a sample does:
   which keeps the symmetry; each peak moves with its hkl through 1/d² = h' G* h', h' = h/(1+e).
 - Preferred orientation: March–Dollase, P = (r² cos²α + sin²α / r)^(-3/2), α the angle between
   the peak's (representative) scattering vector and the texture axis (Dollase, J. Appl.
-  Cryst. 19, 267 (1986)).
+  Cryst. 19, 267 (1986)). The axis is drawn per pattern from low-index directions; a share
+  of patterns are textured films, with r far below 1 (strongly oriented platelets or
+  columns: films grown on a substrate show mostly one family of reflections).
+- Partial 2θ range: a share of patterns are measured over a window only (films are often
+  scanned 10-60°); outside it the pattern is 0 and inside it is min-max scaled, exactly as a
+  partial measured scan is read (``nanoxtal.xrd.io``).
 - Zero shift Δ2θ = z, and sample displacement Δ2θ = -2 s cos θ / R (rad) for a Bragg–Brentano
   goniometer of radius R (Klug & Alexander, *X-ray Diffraction Procedures*, 1974).
 - Kα2: each peak again at 2θ from λ(Kα2) with the Kα2/Kα1 intensity ratio (0.5 for Cu).
@@ -114,6 +119,19 @@ def make_batch(
 Range = tuple[float, float]
 
 
+# The low-index directions films and platelets are commonly oriented along (reciprocal-lattice
+# indices): the texture axes a film render draws from.
+LOW_INDEX_AXES: tuple[tuple[float, float, float], ...] = (
+    (0.0, 0.0, 1.0),
+    (1.0, 0.0, 0.0),
+    (0.0, 1.0, 0.0),
+    (1.0, 1.0, 0.0),
+    (1.0, 0.0, 1.0),
+    (0.0, 1.0, 1.0),
+    (1.0, 1.0, 1.0),
+)
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """Ranges the random effects are drawn from, uniformly per pattern (``None``: effect off).
@@ -125,6 +143,13 @@ class Augmentation:
     implies 51 / 241 / 682 counts at the 10th / 50th / 90th percentile; 30-2,000
     log-uniformly gives 46 / 245 / 1,300. The earlier 10³-10⁵ (uniform) left synthetic
     patterns 3× (median) to 10× (90th percentile) less noisy than the measured ones.
+
+    Texture and range (off by default, so renders for evaluation stay comparable; the
+    training config turns them on): ``texture_axes`` are the candidate preferred-orientation
+    axes (reciprocal-lattice indices, one drawn per pattern); ``film_probability`` of the
+    patterns take their March–Dollase r from ``film_r`` instead of ``march_dollase_r``;
+    ``window_probability`` of the patterns keep only 2θ from ``window_start`` to
+    ``window_end`` (degrees, each drawn uniformly).
     """
 
     caglioti_u: Range = (0.0, 0.02)
@@ -147,6 +172,27 @@ class Augmentation:
     impurity_fraction: Range | None = (0.0, 0.1)
     impurity_probability: float = 0.3
     intensity_jitter: float | None = 0.1
+    texture_axes: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 1.0),)
+    film_probability: float = 0.0
+    film_r: Range = (0.1, 0.5)
+    window_probability: float = 0.0
+    window_start: Range = (5.0, 20.0)
+    window_end: Range = (45.0, 90.0)
+
+    def __post_init__(self) -> None:
+        for name in ("film_probability", "window_probability", "impurity_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not self.texture_axes or any(
+            len(axis) != 3 or not any(axis) for axis in self.texture_axes
+        ):
+            raise ValueError(
+                f"texture_axes must be non-zero (h, k, l) triples, got {self.texture_axes}"
+            )
+        # A config file gives lists; the dataclass is frozen and hashable with tuples.
+        object.__setattr__(
+            self, "texture_axes", tuple(tuple(float(v) for v in a) for a in self.texture_axes)
+        )
 
     @classmethod
     def clean(cls) -> Augmentation:
@@ -185,7 +231,6 @@ class Renderer:
             of its area.
         max_tail_points: Cap of that distance, grid points.
         width_ratio: Ratio of neighbouring widths in the kernel bank (see ``_draw``).
-        texture_axis: Preferred-orientation axis as reciprocal-lattice indices.
     """
 
     grid: Grid = field(default_factory=Grid)
@@ -195,7 +240,6 @@ class Renderer:
     tail_fwhm: float = 30.0
     max_tail_points: int = 3000
     width_ratio: float = 1.2
-    texture_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
 
     def __call__(
         self,
@@ -217,14 +261,21 @@ class Renderer:
         def draw_log(r: Range) -> torch.Tensor:
             return torch.exp(draw((math.log(r[0]), math.log(r[1]))))
 
+        def chosen(probability: float) -> torch.Tensor:
+            return draw((0.0, 1.0), 1.0) < probability
+
         d = strained_d(
             batch, draw(aug.lattice_strain), draw(aug.lattice_strain), draw(aug.lattice_strain)
         )
         intensity = batch.intensity * batch.mask
-        if aug.march_dollase_r is not None:
-            intensity = intensity * march_dollase(
-                batch, draw(aug.march_dollase_r, 1.0), self.texture_axis
-            )
+        if aug.march_dollase_r is not None or aug.film_probability > 0:
+            r = draw(aug.march_dollase_r, 1.0)
+            if aug.film_probability > 0:
+                r = torch.where(chosen(aug.film_probability), draw(aug.film_r), r)
+            axes = torch.tensor(aug.texture_axes, dtype=torch.float64)
+            if len(axes) > 1:  # one axis draws nothing: the default renders stay as they were
+                axes = axes[torch.randint(len(axes), (n,), generator=generator)]
+            intensity = intensity * march_dollase(batch, r, axes.to(device))
         if aug.intensity_jitter:
             noise = torch.randn(intensity.shape, generator=generator).to(device)
             intensity = intensity * torch.exp(aug.intensity_jitter * noise)
@@ -271,7 +322,12 @@ class Renderer:
             noise = torch.randn(pattern.shape, generator=generator).to(device)
             pattern = pattern + draw(aug.read_noise)[:, None].float() * noise
         pattern = pattern.clamp_min(0.0)
-        return pattern / pattern.amax(dim=1, keepdim=True).clamp_min(1e-12)
+        full = pattern / pattern.amax(dim=1, keepdim=True).clamp_min(1e-12)
+        if aug.window_probability <= 0:
+            return full
+        windowed = chosen(aug.window_probability)
+        cut = partial_range(pattern, self.grid, draw(aug.window_start), draw(aug.window_end))
+        return torch.where(windowed[:, None], cut, full)
 
     def _draw(
         self, two_theta: torch.Tensor, area: torch.Tensor, fwhm: torch.Tensor, eta: torch.Tensor
@@ -405,18 +461,49 @@ def strained_d(
 
 
 def march_dollase(
-    batch: PeakBatch, r: torch.Tensor, axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    batch: PeakBatch, r: torch.Tensor, axes: torch.Tensor | tuple[float, float, float]
 ) -> torch.Tensor:
-    """March–Dollase intensity factor of each peak for texture along reciprocal ``axis``."""
+    """March–Dollase intensity factor of each peak for texture along reciprocal ``axes``.
+
+    Args:
+        batch: The stick patterns.
+        r: March–Dollase parameter of each pattern, (B,); 1 is a random powder.
+        axes: Texture axis of each pattern as reciprocal-lattice indices, (B, 3), or one
+            (h, k, l) for all.
+    """
     metric = batch.metric.double()
     h = batch.hkl.double()
-    a = torch.tensor(axis, dtype=torch.float64, device=h.device)
-    dot = torch.einsum("bpi,bij,j->bp", h, metric, a)
+    a = torch.as_tensor(axes, dtype=torch.float64, device=h.device)
+    a = a.reshape(-1, 3).expand(h.shape[0], 3)
+    dot = torch.einsum("bpi,bij,bj->bp", h, metric, a)
     norm_h = torch.sqrt(torch.einsum("bpi,bij,bpj->bp", h, metric, h).clamp_min(1e-12))
-    norm_a = torch.sqrt(torch.einsum("i,bij,j->b", a, metric, a))[:, None]
+    norm_a = torch.sqrt(torch.einsum("bi,bij,bj->b", a, metric, a))[:, None]
     cos2 = (dot / (norm_h * norm_a)) ** 2
     rr = r[:, None]
     return ((rr**2 * cos2 + (1.0 - cos2) / rr) ** -1.5).float()
+
+
+def partial_range(
+    pattern: torch.Tensor, grid: Grid, start: torch.Tensor, end: torch.Tensor
+) -> torch.Tensor:
+    """Keep each pattern between ``start`` and ``end`` (degrees 2θ), as a partial scan is read.
+
+    Inside the window the pattern is min-max scaled to 0-1, outside it is 0: the same
+    reading ``nanoxtal.xrd.io.to_grid`` gives a measurement that covers only part of the
+    grid, so the model sees training windows exactly as it will see such scans.
+
+    Args:
+        pattern: Rendered patterns, (B, grid points).
+        grid: Their grid.
+        start: First 2θ kept per pattern, (B,).
+        end: Last 2θ kept per pattern, (B,).
+    """
+    x = grid.values().to(pattern.device)[None, :]
+    inside = (x >= start[:, None].to(pattern.dtype)) & (x <= end[:, None].to(pattern.dtype))
+    low = torch.where(inside, pattern, math.inf).amin(dim=1, keepdim=True)
+    high = torch.where(inside, pattern, -math.inf).amax(dim=1, keepdim=True)
+    scaled = (pattern - low) / (high - low).clamp_min(1e-12)
+    return torch.where(inside, scaled, 0.0)
 
 
 def background(

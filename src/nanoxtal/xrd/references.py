@@ -16,6 +16,13 @@ On out-of-fold predictions of the fine-tune part (curves fitted on the other fol
 space-group accuracy from 43.2 % to 50.2 %. The crystal-system head is left alone: mixed the
 same way it fell from 63.4 % to 61.7 % there.
 
+A pattern unlike every reference phase is also unlike the training data (the references are
+renders of the training structures and more): ``fit_trust`` also sets ``unlike_below``, the
+match-1 similarity below which only ``UNLIKE_QUANTILE`` (1 %) of those labelled measured
+patterns fall, and ``unlike`` flags the patterns below it, which ``predict`` then holds back
+(abstains on). The similarity is over the whole grid, so a scan of part of the 2θ range, or a
+strongly textured film, scores lower than a full powder pattern of the same phase.
+
 The renders are those the classifier is trained on (``nanoxtal.xrd.profiles.Renderer``, peaks
 above ``min_intensity``), so a reference and the class the model predicts come from one
 simulation.
@@ -54,6 +61,10 @@ POOLED_POINTS = 5
 MATCHES = 3
 # Columns of each match in ``References.columns``, after ``match_<k>_``.
 MATCH_FIELDS = ("id", "name", "formula", "space_group", "similarity")
+# Share of the labelled measured patterns (RRUFF fine-tune part) whose match-1 similarity is
+# allowed below ``References.unlike_below``: a pattern less like any reference phase than 99 %
+# of measured minerals is one the model has no grounds to classify.
+UNLIKE_QUANTILE = 0.01
 
 
 class ReferencesError(ValueError):
@@ -107,6 +118,8 @@ class References:
         grid_points: Points of the model grid the queries come on.
         trust_space_group: (a, b) of P(match 1's space group is right | similarity)
             (``fit_trust``); None: the matches are named, never mixed in.
+        unlike_below: Match-1 similarity below which a pattern is unlike every reference
+            phase (``fit_trust``); None: no pattern is.
     """
 
     patterns: np.ndarray
@@ -119,6 +132,7 @@ class References:
     pooled_points: int
     grid_points: int
     trust_space_group: tuple[float, float] | None = None
+    unlike_below: float | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -182,8 +196,14 @@ class References:
         trust = sigmoid(*self.trust_space_group, matches.similarity[:, 0])
         return combine(p_space_group, self.space_group[matches.rows[:, 0]], trust, offset=1)
 
+    def unlike(self, matches: Matches) -> np.ndarray:
+        """Which patterns are unlike every reference phase (match 1 below ``unlike_below``)."""
+        if self.unlike_below is None:
+            return np.zeros(len(matches.similarity), dtype=bool)
+        return matches.similarity[:, 0] < self.unlike_below
+
     def fit_trust(self, patterns: np.ndarray, space_group: np.ndarray) -> References:
-        """These references with the trust curve fitted on labelled measured patterns.
+        """These references with the trust curve and the unlike gate fitted on measured patterns.
 
         Args:
             patterns: (N, grid_points) measured patterns (e.g. the RRUFF fine-tune part; never
@@ -192,7 +212,12 @@ class References:
         """
         matches = self.match(patterns)
         right = self.space_group[matches.rows[:, 0]] == np.asarray(space_group)
-        return replace(self, trust_space_group=fit_logistic(matches.similarity[:, 0], right))
+        similarity = matches.similarity[:, 0]
+        return replace(
+            self,
+            trust_space_group=fit_logistic(similarity, right),
+            unlike_below=float(np.quantile(similarity, UNLIKE_QUANTILE)),
+        )
 
     def save(self, path: Path | str) -> Path:
         """Write the references as an ``.npz`` archive (atomically; renders as float16)."""
@@ -215,6 +240,7 @@ class References:
                     if self.trust_space_group is None
                     else {"trust_space_group": np.asarray(self.trust_space_group)}
                 ),
+                **({} if self.unlike_below is None else {"unlike_below": self.unlike_below}),
             )
         return Path(path)
 
@@ -342,6 +368,9 @@ def load_references(path: Path | str) -> References:
                 pooled_points=int(archive["pooled_points"]),
                 grid_points=int(archive["grid_points"]),
                 trust_space_group=_curve(archive, "trust_space_group"),
+                unlike_below=(
+                    float(archive["unlike_below"]) if "unlike_below" in archive else None
+                ),
             )
     except (OSError, KeyError, ValueError, EOFError) as error:
         if isinstance(error, ReferencesError):
