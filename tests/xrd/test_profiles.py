@@ -214,7 +214,12 @@ def test_a_window_keeps_part_of_the_range_scaled_as_a_partial_scan_is_read():
 
 @pytest.mark.parametrize(
     "changes",
-    [{"film_probability": 1.5}, {"window_probability": -0.1}, {"texture_axes": ((0, 0, 0),)}],
+    [
+        {"film_probability": 1.5},
+        {"window_probability": -0.1},
+        {"texture_axes": ((0, 0, 0),)},
+        {"window_start": (30.0, 50.0), "window_end": (45.0, 90.0)},
+    ],
 )
 def test_bad_texture_or_window_settings_are_refused(changes):
     with pytest.raises(ValueError, match=next(iter(changes))):

@@ -183,6 +183,11 @@ class Augmentation:
         for name in ("film_probability", "window_probability", "impurity_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.window_start[1] >= self.window_end[0]:
+            raise ValueError(
+                f"window_start {self.window_start} must end below window_end {self.window_end}:"
+                " a window could otherwise be empty"
+            )
         if not self.texture_axes or any(
             len(axis) != 3 or not any(axis) for axis in self.texture_axes
         ):
