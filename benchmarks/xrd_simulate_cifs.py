@@ -2,8 +2,9 @@
 
 Issue 27 §4's measure: a CSV with a ``cif`` column (a seeded sample of Materials Project
 entries, written once, not timed) goes through what ``nanoxtal xrd simulate`` runs
-(``read_and_simulate``, then ``peak_table``), against pymatgen reading the same CSV
-(``Structure.from_str`` + ``XRDCalculator.get_pattern`` per row), Cu Kα, 2θ 5-90°.
+(``nanoxtal.xrd.simulate``: ``read_and_simulate``, then ``peak_table``), against pymatgen
+reading the same CSV (``Structure.from_str`` + ``XRDCalculator.get_pattern`` per row), Cu Kα,
+2θ 5-90°.
 
 Throughput is marginal: each path runs on ``--n`` and on a third of it (each ``--repeats``
 times, the fastest counting), and the rate is the extra structures over the extra time, so
@@ -40,20 +41,14 @@ from pymatgen.analysis.diffraction.xrd import XRDCalculator
 from pymatgen.core import Structure
 
 from nanoxtal.environment import describe
-from nanoxtal.xrd.api import read_and_simulate
-from nanoxtal.xrd.diffraction import SimulationError, peak_table
+from nanoxtal.xrd.api import simulate
 
 RANGE = (5.0, 90.0)
 
 
 def nanoxtal_simulate(path: Path, workers: int) -> pd.DataFrame:
     """What ``nanoxtal xrd simulate`` does with a CSV, short of writing the table."""
-    patterns = [
-        (structure_id, result)
-        for structure_id, result, _ in read_and_simulate(path, "CuKa", RANGE, workers=workers)
-        if not isinstance(result, SimulationError)
-    ]
-    return peak_table(patterns)
+    return simulate(path, "CuKa", RANGE, errors="warn", workers=workers)
 
 
 def pymatgen_simulate(path: Path) -> int:

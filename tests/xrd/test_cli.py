@@ -110,6 +110,10 @@ def test_simulate_with_workers_gives_the_same_table(tmp_path, capsys, monkeypatc
         )
     pd.testing.assert_frame_equal(tables[0], tables[1])
     assert tables[0]["id"].iloc[0] == "amcsd-0000003"
+    # The library function takes the same workers, warning about the unreadable CIF.
+    with pytest.warns(UserWarning, match="amcsd-0000132"):
+        library = api.simulate(tmp_path / "amcsd.csv", errors="warn", workers=2)
+    pd.testing.assert_frame_equal(library, tables[0])
 
 
 def test_simulate_takes_another_wavelength_in_angstrom(tmp_path):

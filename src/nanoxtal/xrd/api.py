@@ -104,6 +104,7 @@ def stick_patterns(
     two_theta: tuple[float, float] = (5.0, 90.0),
     debye_waller: float | None = None,
     progress: bool = False,
+    workers: int = 1,
 ) -> Iterator[tuple[str, StickPattern | SimulationError]]:
     """Simulate structures one by one: each one's stick pattern, or why it has none.
 
@@ -113,6 +114,7 @@ def stick_patterns(
         two_theta: As ``simulate``.
         debye_waller: As ``simulate``.
         progress: Show a progress bar (structures simulated).
+        workers: As ``simulate``.
 
     Yields:
         (structure id, stick pattern or the ``SimulationError`` of a structure that cannot be
@@ -123,7 +125,7 @@ def stick_patterns(
             simulated.
     """
     for structure_id, item, _ in read_and_simulate(
-        structures, wavelength, two_theta, debye_waller, progress
+        structures, wavelength, two_theta, debye_waller, progress, workers
     ):
         yield structure_id, item
 
@@ -204,6 +206,7 @@ def simulate(
     debye_waller: float | None = None,
     errors: Errors = "raise",
     progress: bool = False,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Kinematic powder stick patterns of crystal structures.
 
@@ -220,6 +223,8 @@ def simulate(
         errors: On a structure that cannot be read or simulated: ``"raise"`` a
             ``SimulationError`` naming it, or ``"warn"`` (one warning each) and go on.
         progress: Show a progress bar.
+        workers: Processes reading and simulating chunks of the inputs (same table, same
+            order; ``xrd simulate --workers``).
 
     Returns:
         One row per peak (``nanoxtal.xrd.diffraction.PEAK_COLUMNS``): structure ``id``,
@@ -233,7 +238,7 @@ def simulate(
     _check_errors(errors)
     patterns = []
     for structure_id, result in stick_patterns(
-        structures, wavelength, two_theta, debye_waller, progress
+        structures, wavelength, two_theta, debye_waller, progress, workers
     ):
         if isinstance(result, SimulationError):
             if errors == "raise":

@@ -687,8 +687,6 @@ def predict_patterns(
     if matches is not None:
         p_sg = references.mix(matches, p_sg)
         unlike = references.unlike(matches)
-        for i, row in enumerate(rows):
-            row["unlike_references"] = bool(unlike[i])
     top = np.argsort(-p_sg, axis=1)[:, :5]
     threshold = model.abstain_below if min_confidence is None else min_confidence
     for i, row in enumerate(rows):
@@ -704,7 +702,9 @@ def predict_patterns(
         row["abstained"] = bool(model_confidence[i] < threshold or unlike[i])
     table = pd.DataFrame(rows)
     if matches is not None:
-        table = pd.concat([table, references.columns(matches)], axis=1)
+        table = pd.concat(
+            [table.assign(unlike_references=unlike), references.columns(matches)], axis=1
+        )
     leading = list(PREDICTION_COLUMNS)
     return table[leading + [c for c in table.columns if c not in leading]]
 
