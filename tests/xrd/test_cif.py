@@ -9,7 +9,15 @@ import pytest
 from pymatgen.analysis.diffraction.xrd import XRDCalculator
 from pymatgen.core import Lattice, Structure
 
-from nanoxtal.xrd.cif import CifError, element_of, lattice_from_parameters, read_cif
+from nanoxtal.xrd import cif as cif_module
+from nanoxtal.xrd.cif import (
+    CifError,
+    _first_close,
+    element_of,
+    lattice_from_parameters,
+    read_cif,
+    read_cif_sites,
+)
 from nanoxtal.xrd.diffraction import compare_sticks, stick_pattern
 from nanoxtal.xrd.structures import StructureError, parse_cif
 
@@ -208,6 +216,26 @@ def test_rock_salt_expands_from_two_sites_to_eight_atoms():
     assert read.notes == ()
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        cif("Na 0 0 0 1\nCl 0.5 0.5 0.5 1", operators=operators_of("Fm-3m")),
+        cif("Fe3+M1 0.1 0.2 0.3 0.6\nMgM1 0.1 0.2 0.3 0.4\nO1 0.3 0.1 0.7 1", symbol="P 21/c"),
+        cif("Cu 0.0001 0 0 0.5\nAu 0.9999 0 0 0.5", cell=(10, 10, 10, 90, 90, 90), symbol="P 1"),
+    ],
+)
+def test_sites_alone_are_the_sites_of_the_full_reading(text):
+    sites, full = read_cif_sites(text), read_cif(text).sites
+    assert sites.elements == full.elements
+    for name in ("lattice", "frac_coords", "occupancy"):
+        np.testing.assert_array_equal(getattr(sites, name), getattr(full, name))
+
+
+def test_sites_alone_refuse_what_the_full_reading_refuses():
+    with pytest.raises(CifError, match="coordinates are not numbers"):
+        read_cif_sites(cif("Na x 0 0 1"))
+
+
 def test_images_differing_in_one_coordinate_are_distinct():
     # Inversion through the origin: (0, 0, 1/4) and (0, 0, 3/4) share x and y.
     read = read_cif(cif("Cu 0 0 0.25 1", symbol="P -1"))
@@ -288,6 +316,24 @@ def test_a_coordinate_rounded_off_a_special_position_is_still_one_atom():
     assert read.sites.occupancy.max() == 1.0
     # pymatgen merges within 1e-4 (fractional) only and keeps each atom twice, 0.009 Å apart.
     assert len(parse_cif(text)) == 36
+
+
+@pytest.mark.parametrize("all_pairs_max", [0, 10_000])  # the window search; every pair
+def test_close_points_are_found_as_by_brute_force(monkeypatch, all_pairs_max):
+    monkeypatch.setattr(cif_module, "ALL_PAIRS_MAX", all_pairs_max)
+    rng = np.random.default_rng(3)
+    lattice = lattice_from_parameters(7.0, 8.0, 9.0, 80, 95, 110)
+    points = rng.random((90, 3))
+    points[10] = points[3] + [0.0005, 0, 0]  # 0.0035 Å: close to 3
+    points[20] = points[10] + [0.0012, 0, 0]  # close to 10, not to 3: a chain onto 3
+    points[30] = [0.9999, 0.5, 0.5]
+    points[40] = [0.0001, 0.5, 0.5]  # across the cell edge from 30
+    points[50] = points[60] + [0, 0, 0.01]  # 0.09 Å: apart
+    first = _first_close(points % 1.0, lattice, 0.01)
+    expected = np.arange(90)
+    expected[[10, 20, 40]] = [3, 3, 30]
+    np.testing.assert_array_equal(first, expected)
+    assert _first_close(points[[0, 1, 2, 50, 60]], lattice, 0.01) is None
 
 
 def test_merging_is_periodic_and_within_the_tolerance_only():

@@ -68,7 +68,7 @@ def test_simulate_reads_cifs_fast_and_falls_back_to_pymatgen(tmp_path, capsys, m
 
     (tmp_path / "a.cif").write_text(rock_salt().to(fmt="cif"))
     (tmp_path / "b.cif").write_text(rock_salt().to(fmt="cif"))
-    fast = structures.read_cif
+    fast = structures.read_cif_sites
 
     def refuse_b(text):
         if "refuse me" in text:
@@ -76,7 +76,7 @@ def test_simulate_reads_cifs_fast_and_falls_back_to_pymatgen(tmp_path, capsys, m
         return fast(text)
 
     (tmp_path / "b.cif").write_text("# refuse me\n" + rock_salt().to(fmt="cif"))
-    monkeypatch.setattr(structures, "read_cif", refuse_b)
+    monkeypatch.setattr(structures, "read_cif_sites", refuse_b)
     out = tmp_path / "peaks.parquet"
     assert main(["xrd", "simulate", str(tmp_path), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out

@@ -11,10 +11,10 @@ from pymatgen.core import Lattice, Structure
 from nanoxtal.xrd.diffraction import (
     SimulationError,
     compare_sticks,
-    merge_equal,
     peak_table,
     reciprocal_rows,
     reflections,
+    run_starts,
     site_sums,
     stick_pattern,
 )
@@ -159,11 +159,18 @@ def test_peak_table_has_one_row_per_peak_of_each_structure():
     assert peak_table([]).empty
 
 
-def test_merge_keeps_equivalent_reflections_together_across_a_bin_edge():
+def test_runs_keep_equivalent_reflections_together_across_a_bin_edge():
     # 2θ values straddling a 1e-5° rounding edge (pymatgen-style binning would split them).
     edge = 30.000005
-    first, merged, counts = merge_equal(np.array([edge - 1e-12, 31.0, edge + 1e-12]), np.ones(3))
-    assert list(counts) == [2, 1] and list(merged) == [2.0, 1.0] and list(first) == [0, 1]
+    two_theta = np.array([edge - 1e-12, edge + 1e-12, 30.00002, 31.0])
+    assert run_starts(two_theta, 1e-5).tolist() == [True, False, True, True]
+    # A gap per step (relative tolerances): the same values, one step allowed to be wide.
+    assert run_starts(two_theta, np.array([1e-5, 1e-4, 1e-5])).tolist() == [
+        True,
+        False,
+        False,
+        True,
+    ]
 
 
 def test_unknown_element_is_a_clear_error():

@@ -188,13 +188,34 @@ def read_cif(text: str, merge_tolerance: float = MERGE_TOLERANCE) -> CifRead:
     """
     notes: list[str] = []
     block = _structure_block(text)
-    lattice = _lattice(block, notes)
-    atoms = _atoms(block, notes)
-    operators, listed = _operators(block, notes)
+    lattice, atoms, operators, listed = _asymmetric_unit(block, notes)
     space_group = _space_group_number(block, operators if listed else None, notes)
     sites = _merged_sites(lattice, atoms, operators, merge_tolerance, notes)
     mineral = _text_value(block, "_chemical_name_mineral")
     return CifRead(sites, space_group, mineral, tuple(dict.fromkeys(notes)))
+
+
+def read_cif_sites(text: str, merge_tolerance: float = MERGE_TOLERANCE) -> SiteArrays:
+    """``read_cif(text).sites`` alone: what a simulation needs.
+
+    The same reading, without the space group's look-up, the mineral name or the notes.
+
+    Raises:
+        CifError: As ``read_cif``.
+    """
+    notes: list[str] = []  # the same reading as read_cif's; nobody reads them here
+    lattice, atoms, operators, _ = _asymmetric_unit(_structure_block(text), notes)
+    return _merged_sites(lattice, atoms, operators, merge_tolerance, notes)
+
+
+def _asymmetric_unit(
+    block: gemmi.cif.Block, notes: list[str]
+) -> tuple[np.ndarray, _Atoms, list[gemmi.Op], bool]:
+    """Lattice rows (Å), the atom sites, the operators, and whether the CIF lists them."""
+    lattice = _lattice(block, notes)
+    atoms = _atoms(block, notes)
+    operators, listed = _operators(block, notes)
+    return lattice, atoms, operators, listed
 
 
 # --- CIF access ------------------------------------------------------------------------------
@@ -238,7 +259,7 @@ def _number(raw: str) -> float:
 
 def _numbers(raw: Sequence[str], unknown: float = math.nan) -> np.ndarray:
     """CIF numbers as floats: ``unknown`` for ``?`` and ``.``, NaN where not a number."""
-    values = np.array([gemmi.cif.as_number(v) for v in raw])
+    values = np.fromiter(map(gemmi.cif.as_number, raw), float, len(raw))
     # gemmi reads quoted numbers ('0.5') as NaN: only NaNs take the slower path.
     for i in np.flatnonzero(np.isnan(values)):
         values[i] = unknown if raw[i] in ("?", ".") else _number(raw[i])
@@ -419,10 +440,11 @@ def _site_elements(
         else [("label", label) for label in labels]
     )
     read = {key: _element_of_cached(key[1], formula, key[0]) for key in dict.fromkeys(symbols)}
-    elements = [read[key][0] for key in symbols]
-    for element, label in zip(elements, labels, strict=True):
+    for key, (element, _) in read.items():  # checked once per distinct symbol
         if element not in ATOMIC_SCATTERING_PARAMS:
+            label = labels[symbols.index(key)]
             raise CifError(f"no X-ray scattering factors for element {element!r} (site {label!r})")
+    elements = [read[key][0] for key in symbols]
     return elements, [note for _, note in read.values() if note is not None]
 
 
@@ -665,10 +687,6 @@ def _distinct_images(images: np.ndarray) -> np.ndarray:
 def _first_close(points: np.ndarray, lattice: np.ndarray, tolerance: float) -> np.ndarray | None:
     """For each point, the index of the first point within tolerance (itself if none earlier).
 
-    Two points within the tolerance differ in fractional x by at most tolerance·|a*|, so only
-    pairs within that window of x (sorted, periodic) are candidates; they are then checked in
-    Å. Near-linear in the number of points, where all pairs would be quadratic.
-
     Args:
         points: Fractional coordinates in [0, 1), (n, 3).
         lattice: Lattice vectors as rows, Å.
@@ -676,6 +694,49 @@ def _first_close(points: np.ndarray, lattice: np.ndarray, tolerance: float) -> n
 
     Returns:
         The indices, or ``None`` when no two points are within tolerance (the usual case).
+    """
+    find = _all_close_pairs if len(points) <= ALL_PAIRS_MAX else _window_close_pairs
+    pairs = find(points, lattice, tolerance)
+    if pairs is None:
+        return None
+    i, j = pairs
+    first = np.arange(len(points))
+    np.minimum.at(first, np.maximum(i, j), np.minimum(i, j))
+    # Chains (a ~ b ~ c with a !~ c) collapse onto the earliest point.
+    while True:
+        root = first[first]
+        if np.array_equal(root, first):
+            return first
+        first = root
+
+
+# Up to this many points every pair is measured at once: fewer numpy calls than the window
+# search, for the few dozen atoms of a typical cell.
+ALL_PAIRS_MAX = 48
+
+
+def _all_close_pairs(
+    points: np.ndarray, lattice: np.ndarray, tolerance: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pairs (i, j) of distinct points within tolerance, measuring all n² pairs."""
+    delta = points[:, None, :] - points[None, :, :]
+    delta -= np.rint(delta)  # nearest lattice translation: the shortest image at these distances
+    cartesian = delta @ lattice
+    close = np.einsum("ijk,ijk->ij", cartesian, cartesian) < tolerance**2
+    if np.count_nonzero(close) == len(points):  # each point close to itself only
+        return None
+    i, j = np.nonzero(np.triu(close, 1))
+    return i, j
+
+
+def _window_close_pairs(
+    points: np.ndarray, lattice: np.ndarray, tolerance: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pairs (i, j) of distinct points within tolerance, searching a window of x.
+
+    Two points within the tolerance differ in fractional x by at most tolerance·|a*|, so only
+    pairs within that window of x (sorted, periodic) are candidates; they are then checked in
+    Å. Near-linear in the number of points, where all pairs would be quadratic.
     """
     n = len(points)
     window = tolerance * math.hypot(*reciprocal_rows(lattice)[0])
@@ -691,19 +752,12 @@ def _first_close(points: np.ndarray, lattice: np.ndarray, tolerance: float) -> n
     right = left + 1 + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
     i, j = order[left], order[right % n]
     delta = points[i] - points[j]
-    delta -= np.rint(delta)  # nearest lattice translation: the shortest image at these distances
+    delta -= np.rint(delta)
     cartesian = delta @ lattice
     close = (np.einsum("ij,ij->i", cartesian, cartesian) < tolerance**2) & (i != j)
     if not close.any():
         return None
-    first = np.arange(n)
-    np.minimum.at(first, np.maximum(i, j)[close], np.minimum(i, j)[close])
-    # Chains (a ~ b ~ c with a !~ c) collapse onto the earliest point.
-    while True:
-        root = first[first]
-        if np.array_equal(root, first):
-            return first
-        first = root
+    return i[close], j[close]
 
 
 def _merged_sites(

@@ -12,9 +12,10 @@ multiplicity is counted (Cullity & Stock, *Elements of X-Ray Diffraction*, 3rd e
 International Tables for Crystallography Vol. C, §6.1).
 
 Speed: reflections are enumerated on an integer box in one Friedel half-space (I(g) = I(-g)
-without anomalous scattering), form factors are computed once per element, and the site sums
-over the whole box are one complex matrix product (see ``site_sums``), so there is no Python
-loop over reflections or peaks and no sine or cosine per reflection and site.
+without anomalous scattering), form factors, 2θ and the Lorentz–polarisation factor are computed
+once per d, and the site sums over the box are one complex matrix product per element (see
+``site_sums``), so there is no Python loop over reflections or peaks and no sine or cosine per
+reflection and site.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from nanoxtal.xrd.radiation import wavelength_of
 TWO_THETA_TOL = 1e-5
 # Peaks below this fraction of the strongest (in units of 100) are dropped, as in pymatgen.
 SCALED_INTENSITY_TOL = 1e-3
+# Reflections whose |g| agree to this relative tolerance have one d (equivalents, float noise).
+EQUAL_D_RTOL = 1e-10
 _FORM_FACTOR_PREFACTOR = 41.78214  # Å² conversion in the f(s) parametrisation above
 
 
@@ -75,23 +78,35 @@ def two_theta_to_g(two_theta: float, wavelength: float) -> float:
 class Reflections:
     """Reflections of one Friedel half-space inside a range of |g|, on an index box.
 
-    The box holds every (h, k, l) with 0 ≤ h ≤ H, |k| ≤ K, |l| ≤ L; the reflections are the box
-    points in range, so structure factors computed on the whole box can be picked out by ``flat``.
+    The box holds every (h, k, l) with 0 ≤ h ≤ H, |k| ≤ K, |l| ≤ L. Of its (h, k) rows (each
+    one line along l) only those that can hold a reflection are kept, which drops the corners
+    outside the sphere; structure factors computed on the kept rows are picked out by ``flat``.
 
     Attributes:
         h, k, l: The box's index ranges.
-        hkl: Miller indices of the reflections, (m, 3), in descending (h, k, l) order, so the
-            first of a set of equal-d reflections is the one with the largest indices.
-        g: |g| = 1/d of each reflection, Å⁻¹.
-        flat: Position of each reflection in the box flattened in (h, k, l) order.
+        row_h, row_k: Positions in ``h`` and ``k`` of each kept row, in (h, k) order.
+        g: |g| = 1/d of each reflection, Å⁻¹, ascending (so 2θ ascends too).
+        flat: Position of each reflection in the kept rows flattened in (row, l) order; a
+            larger position is a larger (h, k, l) in lexicographic order.
     """
 
     h: np.ndarray
     k: np.ndarray
     l: np.ndarray
-    hkl: np.ndarray
+    row_h: np.ndarray
+    row_k: np.ndarray
     g: np.ndarray
     flat: np.ndarray
+
+    @property
+    def hkl(self) -> np.ndarray:
+        """Miller indices of the reflections, (m, 3), in the order of ``g``."""
+        return self.indices(self.flat)
+
+    def indices(self, flat: np.ndarray) -> np.ndarray:
+        """Miller indices, (n, 3), of positions ``flat`` in the kept rows."""
+        row, m = np.divmod(flat, len(self.l))
+        return np.stack([self.h[self.row_h[row]], self.k[self.row_k[row]], self.l[m]], axis=1)
 
 
 def reciprocal_rows(lattice: np.ndarray) -> tuple[tuple[float, float, float], ...]:
@@ -133,42 +148,54 @@ def reflections(lattice: np.ndarray, g_min: float, g_max: float) -> Reflections:
     l = np.arange(-bound[2], bound[2] + 1)
     hf, kf, lf = h.astype(float), k.astype(float), l.astype(float)
     # g² = q(h, k) + l (p(h, k) + G*₃₃ l): the (h, k) parts on the small plane, so that only
-    # three operations run over the whole box.
+    # three operations run over the box.
     q = (g00 * hf * hf)[:, None] + (g11 * kf * kf)[None, :] + 2.0 * g01 * np.outer(hf, kf)
     p = (2.0 * g02 * hf)[:, None] + (2.0 * g12 * kf)[None, :]
-    g2 = q[:, :, None] + lf * (p[:, :, None] + g22 * lf)
+    # A row (h, k) can hold a reflection only if its least g² over l, at l = -p / 2G*₃₃, is in
+    # range: the box's corners outside the sphere are never computed.
+    rows = q - p * p / (4.0 * g22) <= g_max**2 * (1.0 + 1e-9)  # slack: rounding never drops one
+    rows[0, : bound[1]] = False  # one Friedel half-space: h > 0, or h = 0 and k ≥ 0 ...
+    row_h, row_k = np.nonzero(rows)
+    g2 = q[rows][:, None] + lf * (p[rows][:, None] + g22 * lf)  # (rows, L')
     inside = (g2 >= g_min**2) & (g2 <= g_max**2)
-    # One Friedel half-space: h > 0, or h = 0 and k > 0, or h = k = 0 and l > 0.
-    inside[0, : bound[1]] = False
-    inside[0, bound[1], : bound[2] + 1] = False
-    flat = np.flatnonzero(inside)[::-1]
-    i, j, m = np.unravel_index(flat, inside.shape)
-    hkl = np.stack([h[i], k[j], l[m]], axis=1)
-    return Reflections(h, k, l, hkl, np.sqrt(g2.reshape(-1)[flat]), flat)
+    inside[0, : bound[2] + 1] = False  # ... and on the row h = k = 0 (always kept, first) l > 0
+    flat = np.flatnonzero(inside)
+    g2 = g2.reshape(-1)[flat]
+    # Sorted once here, the stick pattern needs no sort of its own.
+    order = np.argsort(g2)
+    return Reflections(h, k, l, row_h, row_k, np.sqrt(g2[order]), flat[order])
 
 
 def site_sums(refl: Reflections, frac_coords: np.ndarray, occupancy: np.ndarray) -> np.ndarray:
     """Σ_j occ_je exp(2πi (h x_j + k y_j + l z_j)) for each reflection and element, (m, E).
 
-    The phase factorises into e^{2πihx} e^{2πiky} e^{2πilz}, so the sums over the whole index
-    box are one complex matrix product (hk × sites) @ (sites × l·elements), with no sine or
-    cosine evaluated per reflection and site. The one-axis factors are the powers of
-    e^{2πix}, one complex exponential per site and axis, multiplied up (relative error about
-    index × 1e-16, below 1e-13 here); negative indices are the complex conjugates.
+    The phase factorises into e^{2πihx} e^{2πiky} e^{2πilz}, so the sums over the kept rows
+    of the index box are complex matrix products (hk × sites) @ (sites × l), with no sine or
+    cosine evaluated per reflection and site: one product per element, over the sites that
+    hold it, so an ordered structure costs one product over its sites, not one per element.
+    The one-axis factors are the powers of e^{2πix}, one complex exponential per site and
+    axis, multiplied up (relative error about index × 1e-16, below 1e-13 here); negative
+    indices are the complex conjugates.
     """
-    n_sites, n_elements = occupancy.shape
+    n_elements = occupancy.shape[1]
+    element, site = np.nonzero(occupancy.T)  # (element, site) pairs, element-major
+    weight = occupancy[site, element]
     h, k, l = len(refl.h) - 1, len(refl.k) // 2, len(refl.l) // 2  # box bounds
-    powers = np.empty((n_sites, 3, max(h, k, l) + 1), dtype=complex)
+    powers = np.empty((len(site), 3, max(h, k, l) + 1), dtype=complex)
     powers[..., 0] = 1.0
-    powers[..., 1:] = np.exp(2j * np.pi * frac_coords)[..., None]
+    powers[..., 1:] = np.exp(2j * np.pi * frac_coords[site])[..., None]
     np.cumprod(powers[..., 1:], axis=-1, out=powers[..., 1:])
     ex = powers[:, 0, : h + 1]  # h = 0..H
     ey = np.concatenate([np.conj(powers[:, 1, k:0:-1]), powers[:, 1, : k + 1]], axis=1)
     ez = np.concatenate([np.conj(powers[:, 2, l:0:-1]), powers[:, 2, : l + 1]], axis=1)
-    hk = (ex[:, :, None] * ey[:, None, :]).reshape(n_sites, -1)  # (n, H'K')
-    l_by_element = (ez[:, :, None] * occupancy[:, None, :]).reshape(n_sites, -1)  # (n, L'E)
-    box = hk.T @ l_by_element  # (H'K', L'E) = (H'K'L', E) in (h, k, l) order
-    return box.reshape(-1, n_elements)[refl.flat]
+    ez *= weight[:, None]
+    hk = ex[:, refl.row_h] * ey[:, refl.row_k]  # (pairs, rows)
+    box = np.empty((n_elements, len(refl.row_h), len(refl.l)), dtype=complex)
+    bounds = np.searchsorted(element, np.arange(n_elements + 1)).tolist()
+    for e in range(n_elements):
+        a, b = bounds[e], bounds[e + 1]
+        np.matmul(hk[a:b].T, ez[a:b], out=box[e])  # (rows, L'): rows·L' in (h, k, l) order
+    return box.reshape(n_elements, -1)[:, refl.flat].T
 
 
 @dataclass(frozen=True)
@@ -314,35 +341,21 @@ def form_factors(elements: tuple[str, ...], s2: np.ndarray) -> np.ndarray:
     return z[None, :] - _FORM_FACTOR_PREFACTOR * s2[:, None] * series
 
 
-def merge_equal(
-    two_theta: np.ndarray, intensity: np.ndarray, tol: float = TWO_THETA_TOL
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Merge reflections whose 2θ differ by at most ``tol`` (equal d) into peaks.
+def run_starts(values: np.ndarray, gap: float | np.ndarray) -> np.ndarray:
+    """Mask of the values that start a run: the first, and each more than ``gap`` above the last.
 
-    Clusters by the gaps between sorted positions rather than by rounding to a grid, which
-    would split a set of equivalent reflections whenever float noise straddles a bin edge.
+    Groups sorted positions by the gaps between neighbours rather than by rounding to a grid,
+    which would split a set of equivalent reflections whenever float noise straddles a bin edge.
 
     Args:
-        two_theta: Reflection positions, degrees.
-        intensity: Reflection intensities.
-        tol: Largest gap, degrees, inside one peak.
-
-    Returns:
-        For each peak, in ascending 2θ: the index of its first reflection (in input order), the
-        summed intensity and the number of reflections.
+        values: Ascending values.
+        gap: Largest step inside a run: one for all, or one per step (``len(values) - 1``).
     """
-    order = np.argsort(two_theta, kind="stable")
-    ordered = two_theta[order]
+    new = np.empty(len(values), dtype=bool)
+    new[:1] = True
     # Plain slicing: np.diff and np.append cost more than the arithmetic on a few hundred.
-    gap = np.empty(len(order), dtype=bool)
-    gap[:1] = True
-    np.greater(ordered[1:] - ordered[:-1], tol, out=gap[1:])
-    starts = np.flatnonzero(gap)
-    merged = np.add.reduceat(intensity[order], starts)
-    first = np.minimum.reduceat(order, starts)
-    ends = np.empty_like(starts)
-    ends[:-1], ends[-1:] = starts[1:], len(order)
-    return first, merged, ends - starts
+    np.greater(values[1:] - values[:-1], gap, out=new[1:])
+    return new
 
 
 def stick_pattern(
@@ -374,13 +387,18 @@ def stick_pattern(
     if not 0.0 <= lo < hi < 180.0:
         raise ValueError(f"2θ range {two_theta_range} must satisfy 0 ≤ min < max < 180")
     refl = reflections(sites.lattice, two_theta_to_g(lo, lam), two_theta_to_g(hi, lam))
-    hkl, g = refl.hkl, refl.g
+    g = refl.g
     if len(g) == 0:
         empty = np.empty(0)
         return StickPattern(empty, empty, empty, np.empty((0, 3), int), np.empty(0, int), lam)
 
-    s2 = (g / 2.0) ** 2
-    f = form_factors(sites.elements, s2)  # (m, E)
+    # Symmetry-equivalent reflections share one d (to float noise): form factors, 2θ and the
+    # Lorentz–polarisation factor are computed once per d, on about half as many values.
+    new_d = run_starts(g, EQUAL_D_RTOL * g[1:])
+    starts = np.flatnonzero(new_d)
+    g_d = g[starts]
+    s2 = (g_d / 2.0) ** 2
+    f = form_factors(sites.elements, s2)  # (d values, E)
     if debye_waller is not None:
         b = (
             np.full(len(sites.elements), float(debye_waller))
@@ -388,27 +406,38 @@ def stick_pattern(
             else np.array([debye_waller.get(e, 0.0) for e in sites.elements])
         )
         f = f * np.exp(-np.outer(s2, b))
-    structure_factor = (f * site_sums(refl, sites.frac_coords, sites.occupancy)).sum(axis=1)
+    d_of = np.cumsum(new_d) - 1
+    # Element-major (E, m) arrays: site_sums' own layout, the fastest sum over few elements.
+    sums = site_sums(refl, sites.frac_coords, sites.occupancy).T
+    structure_factor = (np.take(f.T, d_of, axis=1) * sums).sum(axis=0)
+    squared = structure_factor.real**2 + structure_factor.imag**2
 
     # sin θ = λ / 2d (Bragg); cos 2θ = 1 - 2 sin² θ, so no trigonometry beyond the arcsine.
-    sin_theta = np.minimum(lam * g / 2.0, 1.0)
+    sin_theta = np.minimum(lam * g_d / 2.0, 1.0)
     sin2 = sin_theta * sin_theta
     cos_2theta = 1.0 - 2.0 * sin2
     lorentz_polarisation = (1.0 + cos_2theta * cos_2theta) / (sin2 * np.sqrt(1.0 - sin2))
     # Factor 2: the other Friedel half-space scatters identically.
-    intensity = 2.0 * (structure_factor.real**2 + structure_factor.imag**2) * lorentz_polarisation
+    intensity = 2.0 * np.add.reduceat(squared, starts) * lorentz_polarisation
     two_theta = np.degrees(2.0 * np.arcsin(sin_theta))
 
-    first, merged, counts = merge_equal(two_theta, intensity)
+    # Peaks: d values within TWO_THETA_TOL in 2θ merge (pymatgen's rule).
+    peaks = np.flatnonzero(run_starts(two_theta, TWO_THETA_TOL))
+    merged = np.add.reduceat(intensity, peaks)
+    bounds = starts[peaks]  # each peak's first reflection
+    counts = np.empty_like(bounds)
+    counts[:-1], counts[-1:] = bounds[1:] - bounds[:-1], len(g) - bounds[-1]
+    # A peak is labelled by its reflection with the largest (h, k, l) (lexicographic).
+    label = np.maximum.reduceat(refl.flat, bounds)
     keep = merged > merged.max() * (SCALED_INTENSITY_TOL / 100.0)
-    first, merged, counts = first[keep], merged[keep], counts[keep]
+    peaks, merged, label, counts = peaks[keep], merged[keep], label[keep], counts[keep]
     if scaled:
         merged = merged / merged.max() * 100.0
     return StickPattern(
-        two_theta=two_theta[first],
+        two_theta=two_theta[peaks],
         intensity=merged,
-        d=1.0 / g[first],
-        hkl=hkl[first],
+        d=1.0 / g_d[peaks],
+        hkl=refl.indices(label),
         multiplicity=2 * counts,
         wavelength=lam,
     )

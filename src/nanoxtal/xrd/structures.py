@@ -34,7 +34,7 @@ from pyxtal.msg import Comp_CompatibilityError
 from pyxtal.symmetry import Group
 from tqdm.auto import tqdm
 
-from nanoxtal.xrd.cif import CifError, read_cif
+from nanoxtal.xrd.cif import CifError, read_cif, read_cif_sites
 from nanoxtal.xrd.diffraction import SimulationError, SiteArrays, site_arrays
 
 CRYSTAL_SYSTEMS = (
@@ -304,7 +304,7 @@ def read_structure(source: Source) -> Simulable:
     if source.error is not None:
         return source.error
     try:
-        return read_cif(source.cif).sites
+        return read_cif_sites(source.cif)
     except CifError as error:
         fast_error = str(error)
     try:
