@@ -13,8 +13,8 @@ from nanoxtal.environment import describe
 from nanoxtal.train import TrainerSettings
 from nanoxtal.xrd.datamodule import XrdDataModule, source_sampling_weights
 from nanoxtal.xrd.diffraction import stick_pattern
-from nanoxtal.xrd.evaluate import predict_files
-from nanoxtal.xrd.library import nearest_neighbour
+from nanoxtal.xrd.evaluate import abstention_rule, predict_files
+from nanoxtal.xrd.library import load_library, nearest_neighbour
 from nanoxtal.xrd.module import class_weights, load_classifier, smoothed_cross_entropy
 from nanoxtal.xrd.references import references_from_tables
 from nanoxtal.xrd.training import (
@@ -117,12 +117,14 @@ def test_train_finetune_predict_round_trip(tmp_path, tiny_tables, tiny_measured)
     model = load_classifier(trained)
     assert model.hparams.arch["width"] == 8
 
+    references = references_from_tables(structures, peaks, progress=False)
     tuned = finetune_classifier(
         trained,
         tiny_measured,
         tmp_path / "xrdnet" / "finetune",
         FinetuneSettings(batch_size=8),
         CPU,
+        references,
     )
     split = json.loads((tmp_path / "xrdnet" / "finetune" / "split.json").read_text())
     assert not set(split["finetune_rows"]) & set(split["held_out_rows"])
@@ -156,6 +158,24 @@ def test_train_finetune_predict_round_trip(tmp_path, tiny_tables, tiny_measured)
         assert calibration["answered_space_group_accuracy"] >= 0.8
     by_default, _ = predict_files(load_classifier(tuned), [tiny_measured])
     assert by_default["abstained"].tolist() == (by_default["p_space_group"] < threshold).tolist()
+
+    # The published pipeline's own threshold: chosen on its out-of-fold answers (model,
+    # library of the other folds, references), applied to its final probability.
+    pipeline = calibration["pipeline_abstain_below"]
+    assert load_classifier(tuned).pipeline_abstain_below == pipeline > 0
+    assert calibration["pipeline_answered_share"] == 0 or (
+        calibration["pipeline_answered_space_group_accuracy"] >= 0.8
+    )
+    library = load_library(tmp_path / "xrdnet" / "finetune" / "library.npz")
+    published, _ = predict_files(
+        load_classifier(tuned), [tiny_measured], library=library, references=references
+    )
+    expected = (published["p_space_group"] < pipeline) | published["unlike_references"]
+    assert published["abstained"].tolist() == expected.tolist()
+    # Given a threshold, or without references, the model's own probability decides.
+    assert abstention_rule(load_classifier(tuned), None, library, None) == (threshold, False)
+    assert abstention_rule(load_classifier(tuned), 0.3, library, references) == (0.3, False)
+    assert abstention_rule(load_classifier(tuned), None, library, references) == (pipeline, True)
     # The refit: every labelled pattern fine-tuned on, none held out.
     refit = tmp_path / "xrdnet" / "refit"
     finetune_classifier(

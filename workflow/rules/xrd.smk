@@ -160,6 +160,8 @@ rule xrd_finetune:
     input:
         model=rules.xrd_train.output[0],
         measured=dataset_dir("xrd_rruff"),
+        # The threshold of the pipeline predict runs by default is chosen with them.
+        references=rules.xrd_references.output[0],
     output:
         "results/xrd/{arch}/finetune/models/best.ckpt",
         library="results/xrd/{arch}/finetune/library.npz",
@@ -182,14 +184,17 @@ rule xrd_finetune:
         "../../envs/xrd.yaml"
     shell:
         "nanoxtal xrd finetune --model {input.model:q} --measured {params.measured:q}"
-        " --out-dir {params.out_dir:q} --settings {params.settings:q}"
-        " --trainer {params.trainer:q} --seed {params.seed} > {log:q} 2>&1"
+        " --references {input.references:q} --out-dir {params.out_dir:q}"
+        " --settings {params.settings:q} --trainer {params.trainer:q} --seed {params.seed}"
+        " > {log:q} 2>&1"
 
 
 rule xrd_refit:
     input:
         model=rules.xrd_train.output[0],
         measured=dataset_dir("xrd_rruff"),
+        # The threshold of the pipeline predict runs by default is chosen with them.
+        references=rules.xrd_references.output[0],
     output:
         "results/xrd/{arch}/refit/models/best.ckpt",
         library="results/xrd/{arch}/refit/library.npz",
@@ -212,8 +217,9 @@ rule xrd_refit:
         "../../envs/xrd.yaml"
     shell:
         "nanoxtal xrd finetune --model {input.model:q} --measured {params.measured:q}"
-        " --out-dir {params.out_dir:q} --settings {params.settings:q}"
-        " --trainer {params.trainer:q} --seed {params.seed} > {log:q} 2>&1"
+        " --references {input.references:q} --out-dir {params.out_dir:q}"
+        " --settings {params.settings:q} --trainer {params.trainer:q} --seed {params.seed}"
+        " > {log:q} 2>&1"
 
 
 rule xrd_evaluate:

@@ -497,9 +497,11 @@ def predict(
         wavelength: Wavelength, Å, of patterns that do not state theirs (default Cu Kα).
         min_confidence: Predictions whose space-group probability by the model itself
             (before a library or references move it) is lower are marked ``abstained``; None
-            for the model's own threshold, chosen when it was fine-tuned
-            so that its answers on measured patterns it had not seen were right 80 % of the
-            time (``XrdClassifier.abstain_below``; 0 for a model never fine-tuned).
+            for the threshold chosen when the model was fine-tuned so that answers on
+            measured patterns it had not seen were right 80 % of the time: with both a
+            library and references (the default), the published pipeline's, on its final
+            probability (``XrdClassifier.pipeline_abstain_below``); else the model's own
+            (``XrdClassifier.abstain_below``; 0 for a model never fine-tuned).
         errors: On a file that cannot be read: ``"raise"`` its ``PatternReadError`` (naming
             it), or ``"warn"`` (one warning each) and predict the rest.
         references: Reference phases whose clean patterns are searched for each pattern's

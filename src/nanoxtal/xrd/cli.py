@@ -150,11 +150,15 @@ def _train(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     from nanoxtal.train import TrainerSettings
+    from nanoxtal.xrd.references import load_references
     from nanoxtal.xrd.training import FinetuneSettings, finetune_classifier
 
     settings = settings_from(FinetuneSettings, args.settings, "XRD fine-tuning")
     trainer = TrainerSettings.from_mapping(args.trainer, {"seed": args.seed})
-    published = finetune_classifier(args.model, args.measured, args.out_dir, settings, trainer)
+    references = None if args.references is None else load_references(args.references)
+    published = finetune_classifier(
+        args.model, args.measured, args.out_dir, settings, trainer, references
+    )
     print(f"fine-tuned model: {published}; pattern library: {args.out_dir / 'library.npz'}")
     return EXIT_OK
 
@@ -187,7 +191,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from nanoxtal.xrd.api import choose_classifier, choose_library, choose_references
-    from nanoxtal.xrd.evaluate import predict_files
+    from nanoxtal.xrd.evaluate import abstention_rule, predict_files
 
     chosen = choose_classifier(args.model)
     library, which = choose_library(False if args.no_library else args.library)
@@ -195,8 +199,9 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"model: {chosen.describe}")
     print(f"library: {which}")
     print(f"references: {named}")
-    threshold = chosen.model.abstain_below if args.min_confidence is None else args.min_confidence
-    print(f"abstains below space-group probability {threshold:.3f}")
+    threshold, on_final = abstention_rule(chosen.model, args.min_confidence, library, references)
+    which_probability = "the final" if on_final else "the model's own"
+    print(f"abstains below {which_probability} space-group probability {threshold:.3f}")
     table, errors = predict_files(
         chosen.model, args.inputs, args.wavelength, args.min_confidence, library, references
     )
@@ -258,6 +263,12 @@ def _add_model_commands(verbs: argparse._SubParsersAction) -> None:
     tune.add_argument("--model", type=Path, required=True, help="trained checkpoint")
     tune.add_argument("--measured", type=Path, required=True, help="labelled .npz (RRUFF)")
     tune.add_argument("--out-dir", type=Path, required=True)
+    tune.add_argument(
+        "--references",
+        type=Path,
+        help="reference phases (references.npz): also choose the threshold of the pipeline"
+        " predict runs by default (model, library, references) on its out-of-fold answers",
+    )
     tune.set_defaults(func=_finetune)
 
     evaluate = verbs.add_parser("evaluate", help="metrics of trained models on fixed splits")

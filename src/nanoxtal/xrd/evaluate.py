@@ -130,33 +130,57 @@ def coverage_scores(space_group: np.ndarray, p_space_group: np.ndarray) -> dict[
 
 
 def abstention_scores(
-    model: XrdClassifier,
+    threshold: float,
     space_group: np.ndarray,
-    model_confidence: np.ndarray,
+    confidence: np.ndarray,
     p_space_group: np.ndarray,
     unlike: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The model's own abstention threshold, the share it answers and how often it is right.
+    """An abstention threshold, the share it answers and how often those answers are right.
 
     Args:
-        model: The classifier (its ``abstain_below``).
+        threshold: Patterns less confident than this are not answered (``abstention_rule``).
         space_group: True labels 1-230.
-        model_confidence: The model's own top space-group probability, which decides
-            whether to answer (as when the threshold was chosen).
+        confidence: The probability the threshold applies to (``abstention_rule``: the
+            model's own top space-group probability, or the pipeline's final one).
         p_space_group: The probabilities the answer is taken from (the model's, or mixed
             with a library or reference phases).
         unlike: Patterns unlike every reference phase (``References.unlike``), never
             answered; None: none.
     """
-    answered = model_confidence >= model.abstain_below
+    answered = confidence >= threshold
     if unlike is not None:
         answered &= ~unlike
     right = p_space_group.argmax(1) + 1 == space_group
     return {
-        "abstain_below": float(model.abstain_below),
+        "abstain_below": float(threshold),
         "answered_share": float(answered.mean()),
         "answered_space_group_accuracy": float(right[answered].mean()) if answered.any() else 0.0,
     }
+
+
+def abstention_rule(
+    model: XrdClassifier,
+    min_confidence: float | None = None,
+    library: Library | None = None,
+    references: References | None = None,
+) -> tuple[float, bool]:
+    """The threshold below which a prediction abstains, and the probability it applies to.
+
+    A threshold given (``min_confidence``) applies to the model's own top space-group
+    probability, as does the model's own (``XrdClassifier.abstain_below``). With both a library
+    and reference phases, the published pipeline, the threshold chosen on that pipeline's
+    out-of-fold answers (``XrdClassifier.pipeline_abstain_below``, when the model has one)
+    applies to its final space-group probability.
+
+    Returns:
+        The threshold, and True when it applies to the final (moved) probability.
+    """
+    if min_confidence is not None:
+        return float(min_confidence), False
+    if library is not None and references is not None and model.pipeline_abstain_below > 0:
+        return model.pipeline_abstain_below, True
+    return model.abstain_below, False
 
 
 def reference_scores(
@@ -423,14 +447,15 @@ def evaluate_models(
         for variant, path in checkpoints.items():
             model = load_classifier(path)
             film_cs, film_sg = probabilities(model, film[0])
+            own = model.abstain_below
             for key, value in (
                 scores(film[1], film[2], film_cs, film_sg)
-                | abstention_scores(model, film[2], film_sg.max(1), film_sg)
+                | abstention_scores(own, film[2], film_sg.max(1), film_sg)
             ).items():
                 metrics[f"film_test/{name}/{variant}/{key}"] = value
             if film_unlike is not None:
                 # Answered only where the model is confident and the film is like a phase.
-                gated = abstention_scores(model, film[2], film_sg.max(1), film_sg, film_unlike)
+                gated = abstention_scores(own, film[2], film_sg.max(1), film_sg, film_unlike)
                 for key, value in gated.items():
                     metrics[f"film_test/{name}/{variant}+unlike/{key}"] = value
             p_cs, p_sg = probabilities(model, patterns[held])
@@ -462,9 +487,16 @@ def evaluate_models(
                     for key, value in scores(cs[held], sg[held], *variants[suffix]).items():
                         metrics[f"rruff_heldout/{name}/{variant}{suffix}/{key}"] = value
             for suffix, (_, p_space_group) in variants.items():
-                # With the reference phases, as predict does: unlike patterns held back.
+                # As predict decides (``abstention_rule``); with the reference phases, unlike
+                # patterns held back.
                 gate = held_unlike if "references" in suffix else None
-                answered = abstention_scores(model, sg[held], p_sg.max(1), p_space_group, gate)
+                threshold, on_final = abstention_rule(
+                    model,
+                    library=library if "library" in suffix else None,
+                    references=references if "references" in suffix else None,
+                )
+                confidence = (p_space_group if on_final else p_sg).max(1)
+                answered = abstention_scores(threshold, sg[held], confidence, p_space_group, gate)
                 for key, value in answered.items():
                     metrics[f"rruff_heldout/{name}/{variant}{suffix}/{key}"] = value
             raw_sg = uncalibrated_space_group(model, patterns[held])
@@ -617,7 +649,8 @@ def predict_files(
         assumed_wavelength: Wavelength (Å) of files that do not state theirs.
         min_confidence: Below this space-group probability (the model's own, before a library
             or references move it) the prediction is marked abstained; None for the model's
-            own threshold (``XrdClassifier.abstain_below``), which was chosen on that quantity.
+            own threshold, or with both a library and references the pipeline's threshold on
+            the final probability (``abstention_rule``).
         library: Labelled measured patterns searched beside the model
             (``nanoxtal.xrd.library``): a close match shifts the probabilities to its labels.
         references: Reference phases named beside each prediction.
@@ -650,7 +683,8 @@ def predict_patterns(
             model's, Cu Kα).
         min_confidence: Below this space-group probability (the model's own, before a library
             or references move it) the prediction is marked abstained; None for the model's
-            own threshold (``XrdClassifier.abstain_below``), which was chosen on that quantity.
+            own threshold, or with both a library and references the pipeline's threshold on
+            the final probability (``abstention_rule``).
         library: Labelled measured patterns searched beside the model
             (``nanoxtal.xrd.library``): a close match shifts the probabilities to its labels.
         references: Reference phases named beside each prediction
@@ -688,7 +722,8 @@ def predict_patterns(
         p_sg = references.mix(matches, p_sg)
         unlike = references.unlike(matches)
     top = np.argsort(-p_sg, axis=1)[:, :5]
-    threshold = model.abstain_below if min_confidence is None else min_confidence
+    threshold, on_final = abstention_rule(model, min_confidence, library, references)
+    confidence = p_sg.max(1) if on_final else model_confidence
     for i, row in enumerate(rows):
         row["crystal_system"] = CRYSTAL_SYSTEMS[int(p_cs[i].argmax())]
         row["space_group"] = int(top[i, 0]) + 1
@@ -697,9 +732,9 @@ def predict_patterns(
         for k in range(5):
             row[f"space_group_{k + 1}"] = int(top[i, k]) + 1
             row[f"p_space_group_{k + 1}"] = float(p_sg[i, top[i, k]])
-        # The model's own confidence decides, as when the threshold was chosen; a pattern
-        # unlike every reference phase is unlike the training data too.
-        row["abstained"] = bool(model_confidence[i] < threshold or unlike[i])
+        # The probability the threshold was chosen on decides (``abstention_rule``); a
+        # pattern unlike every reference phase is unlike the training data too.
+        row["abstained"] = bool(confidence[i] < threshold or unlike[i])
     table = pd.DataFrame(rows)
     if matches is not None:
         table = pd.concat(

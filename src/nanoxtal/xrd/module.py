@@ -122,14 +122,19 @@ class XrdClassifier(pl.LightningModule):
         # Below this calibrated space-group probability a prediction is marked abstained
         # (``store_calibration``); 0 (never) until chosen.
         self.abstain_below = 0.0
+        # The same for the published pipeline's answer (this model, the pattern library and
+        # the reference phases): its final space-group probability; 0 when not chosen.
+        self.pipeline_abstain_below = 0.0
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the abstention threshold with the weights."""
+        """Keep the abstention thresholds with the weights."""
         checkpoint["abstain_below"] = float(self.abstain_below)
+        checkpoint["pipeline_abstain_below"] = float(self.pipeline_abstain_below)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the abstention threshold (0 for checkpoints written before it existed)."""
+        """Restore the abstention thresholds (0 for checkpoints written before they existed)."""
         self.abstain_below = float(checkpoint.get("abstain_below", 0.0))
+        self.pipeline_abstain_below = float(checkpoint.get("pipeline_abstain_below", 0.0))
 
     def forward(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits for patterns (B, points)."""
@@ -250,17 +255,23 @@ def embed_patterns(model: XrdClassifier, patterns: np.ndarray, batch_size: int =
 
 
 def store_calibration(
-    checkpoint: Path | str, temperatures: tuple[float, float], abstain_below: float | None = None
+    checkpoint: Path | str,
+    temperatures: tuple[float, float],
+    abstain_below: float | None = None,
+    pipeline_abstain_below: float | None = None,
 ) -> None:
-    """Write the two heads' temperatures (and the abstention threshold) into a classifier.
+    """Write the two heads' temperatures (and the abstention thresholds) into a classifier.
 
     The file is replaced atomically; ``predict_proba`` of the reloaded model uses the
     temperatures, and prediction marks answers below ``abstain_below`` (a space-group
-    probability) abstained by default.
+    probability) abstained by default, or, with a library and reference phases, answers
+    whose final space-group probability is below ``pipeline_abstain_below``.
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state["state_dict"]["temperature"] = torch.tensor(temperatures, dtype=torch.float32)
     if abstain_below is not None:
         state["abstain_below"] = float(abstain_below)
+    if pipeline_abstain_below is not None:
+        state["pipeline_abstain_below"] = float(pipeline_abstain_below)
     with atomic_write(checkpoint) as partial:
         torch.save(state, partial)

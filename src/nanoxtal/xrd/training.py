@@ -17,7 +17,7 @@ from nanoxtal.metrics import threshold_for_precision
 from nanoxtal.train import TrainerSettings, fit, run_key, seed_run
 from nanoxtal.xrd.datamodule import MeasuredDataModule, XrdDataModule
 from nanoxtal.xrd.io import read_patterns, to_grid
-from nanoxtal.xrd.library import build_library
+from nanoxtal.xrd.library import build_library, library_probabilities
 from nanoxtal.xrd.module import (
     XrdClassifier,
     class_weights,
@@ -28,6 +28,7 @@ from nanoxtal.xrd.module import (
     store_calibration,
 )
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS, N_SPACE_GROUPS, build_net
+from nanoxtal.xrd.references import References
 
 
 @dataclass(frozen=True)
@@ -240,16 +241,13 @@ def crossfit_logits(
         Crystal-system (N, 7) and space-group (N, 230) logits at temperature 1.
     """
     count = len(measured.patterns)
-    folds = np.array_split(
-        np.random.default_rng(trainer.seed + 2).permutation(count), settings.calibration_folds
-    )
     cs_logits = torch.zeros(count, N_CRYSTAL_SYSTEMS)
     sg_logits = torch.zeros(count, N_SPACE_GROUPS)
-    for k, fold in enumerate(folds):
+    for k, fold in enumerate(crossfit_folds(count, settings.calibration_folds, trainer.seed)):
         tuned = _finetune_rows(
             checkpoint,
             measured.subset(np.setdiff1d(np.arange(count), fold)),
-            Path(stage_dir) / "crossfit" / f"fold{k}",
+            crossfit_dir(stage_dir, k),
             settings,
             trainer,
             f"{key}-fold{k}",
@@ -258,12 +256,76 @@ def crossfit_logits(
     return cs_logits, sg_logits
 
 
+def _abstention_threshold(
+    correct: np.ndarray, confidence: np.ndarray, settings: FinetuneSettings
+) -> float:
+    """``threshold_for_precision`` at ``settings.abstain_precision``; 0 when that is 0."""
+    if settings.abstain_precision <= 0:
+        return 0.0
+    return threshold_for_precision(
+        correct, confidence, settings.abstain_precision, settings.abstain_min_answered
+    )
+
+
+def crossfit_folds(count: int, folds: int, seed: int) -> list[np.ndarray]:
+    """The cross-fitting folds of ``count`` fine-tune rows (``crossfit_logits``), seeded."""
+    return np.array_split(np.random.default_rng(seed + 2).permutation(count), folds)
+
+
+def crossfit_dir(stage_dir: Path | str, fold: int) -> Path:
+    """Stage folder of fold ``fold``'s fine-tune; its model is ``models/best.ckpt`` there."""
+    return Path(stage_dir) / "crossfit" / f"fold{fold}"
+
+
+def pipeline_probabilities(
+    measured: MeasuredSet,
+    stage_dir: Path | str,
+    folds: int,
+    seed: int,
+    temperatures: tuple[float, float],
+    references: References,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold space-group probabilities of the published pipeline, after ``crossfit_logits``.
+
+    Each fold is predicted as ``nanoxtal xrd predict`` predicts by default: by the fine-tune
+    on the other folds (at the fitted temperatures), with the other folds as its pattern
+    library (searched with that model's representations), then the reference phases, their
+    trust curve and unlike gate fitted on the other folds.
+
+    Returns:
+        The final space-group probabilities (N, 230), and which patterns are unlike every
+        reference phase (N,).
+    """
+    count = len(measured.patterns)
+    p_space_group = np.zeros((count, N_SPACE_GROUPS))
+    unlike = np.zeros(count, dtype=bool)
+    for k, fold in enumerate(crossfit_folds(count, folds, seed)):
+        model = load_classifier(crossfit_dir(stage_dir, k) / "models" / "best.ckpt")
+        model.temperature.copy_(torch.tensor(temperatures))
+        other = measured.subset(np.setdiff1d(np.arange(count), fold))
+        library = build_library(
+            *other,
+            embeddings=embed_patterns(model, other.patterns),
+            model_fingerprint=model.fingerprint(),
+        )
+        patterns = measured.patterns[fold]
+        p_cs, p_sg = (t.numpy() for t in run_batched(model, model.predict_proba, patterns))
+        match = library.match(patterns, embed_patterns(model, patterns))
+        _, p_sg = library_probabilities(match, p_cs, p_sg)
+        trusted = references.fit_trust(other.patterns, other.space_group)
+        matches = trusted.match(patterns)
+        p_space_group[fold] = trusted.mix(matches, p_sg)
+        unlike[fold] = trusted.unlike(matches)
+    return p_space_group, unlike
+
+
 def finetune_classifier(
     checkpoint: Path | str,
     measured: Path | str,
     stage_dir: Path | str,
     settings: FinetuneSettings,
     trainer: TrainerSettings,
+    references: References | None = None,
 ) -> Path:
     """Fine-tune a trained classifier on the fine-tune part of a labelled measured set.
 
@@ -277,6 +339,11 @@ def finetune_classifier(
     beside the model, with the fine-tuned model's representations of its patterns
     (``nanoxtal.xrd.library``), to ``<stage_dir>/library.npz``. With ``fraction`` 1 nothing is
     held out: the refit published for users once the held-out half has measured the method.
+
+    With ``references`` (and cross-fitting), a second threshold is chosen the same way on the
+    out-of-fold answers of the published pipeline (``pipeline_probabilities``: model, library,
+    reference phases), on its final space-group probability: the library and the references
+    change answers and their confidence, so the model's own threshold does not carry over.
 
     Returns:
         The published fine-tuned checkpoint, ``<stage_dir>/models/best.ckpt``.
@@ -317,14 +384,17 @@ def finetune_classifier(
     p_space_group = torch.softmax(logits[1] / temperatures[1], 1).numpy()
     correct = p_space_group.argmax(1) + 1 == tune.space_group[rows]
     confidence = p_space_group.max(1)
-    abstain_below = (
-        threshold_for_precision(
-            correct, confidence, settings.abstain_precision, settings.abstain_min_answered
+    abstain_below = _abstention_threshold(correct, confidence, settings)
+    pipeline = None
+    if references is not None and settings.calibration_folds > 1:
+        p_pipeline, unlike = pipeline_probabilities(
+            tune, stage_dir, settings.calibration_folds, trainer.seed, temperatures, references
         )
-        if settings.abstain_precision > 0
-        else 0.0
-    )
-    store_calibration(published, temperatures, abstain_below)
+        # Unlike patterns are never answered (predict holds them back): left out of the choice.
+        right = p_pipeline.argmax(1) + 1 == tune.space_group
+        confident = np.where(unlike, -1.0, p_pipeline.max(1))
+        pipeline = _abstention_threshold(right[~unlike], confident[~unlike], settings)
+    store_calibration(published, temperatures, abstain_below, pipeline)
     answered = confidence >= abstain_below
     calibration = {
         "method": f"temperature scaling (Guo et al., ICML 2017) on {method}",
@@ -338,6 +408,18 @@ def finetune_classifier(
         if answered.any()
         else None,
     }
+    if pipeline is not None:
+        kept = confident >= pipeline
+        calibration |= {
+            "pipeline": "model, library of the other folds, reference phases (trust and unlike"
+            " gate fitted on the other folds)",
+            "pipeline_abstain_below": pipeline,
+            "pipeline_answered_share": float(kept.mean()),
+            "pipeline_answered_space_group_accuracy": float(right[kept].mean())
+            if kept.any()
+            else None,
+            "pipeline_space_group_accuracy": float(right.mean()),
+        }
     with atomic_write(Path(stage_dir) / "calibration.json") as partial:
         partial.write_text(json.dumps(calibration, indent=2) + "\n")
     return published
