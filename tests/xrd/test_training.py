@@ -159,23 +159,31 @@ def test_train_finetune_predict_round_trip(tmp_path, tiny_tables, tiny_measured)
     by_default, _ = predict_files(load_classifier(tuned), [tiny_measured])
     assert by_default["abstained"].tolist() == (by_default["p_space_group"] < threshold).tolist()
 
-    # The published pipeline's own threshold: chosen on its out-of-fold answers (model,
-    # library of the other folds, references), applied to its final probability.
-    pipeline = calibration["pipeline_abstain_below"]
-    assert load_classifier(tuned).pipeline_abstain_below == pipeline > 0
-    assert calibration["pipeline_answered_share"] == 0 or (
-        calibration["pipeline_answered_space_group_accuracy"] >= 0.8
-    )
+    # Each pipeline's own threshold (library, references, both): chosen on its out-of-fold
+    # answers (model, library of the other folds, references), applied to its final probability.
+    chosen = calibration["pipelines"]
+    assert sorted(chosen) == ["library", "library+references", "references"]
+    pipelines = load_classifier(tuned).pipeline_abstain_below
+    assert pipelines == {name: value["abstain_below"] for name, value in chosen.items()}
+    for value in chosen.values():
+        assert value["answered_share"] == 0 or value["answered_space_group_accuracy"] >= 0.8
     library = load_library(tmp_path / "xrdnet" / "finetune" / "library.npz")
-    published, _ = predict_files(
-        load_classifier(tuned), [tiny_measured], library=library, references=references
-    )
-    expected = (published["p_space_group"] < pipeline) | published["unlike_references"]
-    assert published["abstained"].tolist() == expected.tolist()
-    # Given a threshold, or without references, the model's own probability decides.
-    assert abstention_rule(load_classifier(tuned), None, library, None) == (threshold, False)
-    assert abstention_rule(load_classifier(tuned), 0.3, library, references) == (0.3, False)
-    assert abstention_rule(load_classifier(tuned), None, library, references) == (pipeline, True)
+    model = load_classifier(tuned)
+    for name, given in {
+        "library+references": {"library": library, "references": references},
+        "references": {"references": references},
+        "library": {"library": library},
+    }.items():
+        published, _ = predict_files(model, [tiny_measured], **given)
+        expected = published["p_space_group"] < pipelines[name]
+        if "references" in given:
+            expected |= published["unlike_references"]
+        assert published["abstained"].tolist() == expected.tolist(), name
+        assert abstention_rule(model, None, **given) == (pipelines[name], True)
+    # Given a threshold, or with nothing moving the answers, the model's own probability decides.
+    assert abstention_rule(model) == (threshold, False)
+    assert abstention_rule(model, 0.3, library, references) == (0.3, False)
+
     # The refit: every labelled pattern fine-tuned on, none held out.
     refit = tmp_path / "xrdnet" / "refit"
     finetune_classifier(

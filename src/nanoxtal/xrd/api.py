@@ -498,9 +498,9 @@ def predict(
         min_confidence: Predictions whose space-group probability by the model itself
             (before a library or references move it) is lower are marked ``abstained``; None
             for the threshold chosen when the model was fine-tuned so that answers on
-            measured patterns it had not seen were right 80 % of the time: with both a
-            library and references (the default), the published pipeline's, on its final
-            probability (``XrdClassifier.pipeline_abstain_below``); else the model's own
+            measured patterns it had not seen were right 80 % of the time: with a library,
+            references or both (the default), that pipeline's, on its final probability
+            (``XrdClassifier.pipeline_abstain_below``); else the model's own
             (``XrdClassifier.abstain_below``; 0 for a model never fine-tuned).
         errors: On a file that cannot be read: ``"raise"`` its ``PatternReadError`` (naming
             it), or ``"warn"`` (one warning each) and predict the rest.

@@ -266,8 +266,8 @@ def _add_model_commands(verbs: argparse._SubParsersAction) -> None:
     tune.add_argument(
         "--references",
         type=Path,
-        help="reference phases (references.npz): also choose the threshold of the pipeline"
-        " predict runs by default (model, library, references) on its out-of-fold answers",
+        help="reference phases (references.npz): also choose the thresholds of the model's"
+        " answers moved by a library, references or both, each on its out-of-fold answers",
     )
     tune.set_defaults(func=_finetune)
 

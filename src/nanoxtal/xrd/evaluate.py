@@ -36,7 +36,13 @@ from nanoxtal.xrd.library import (
     library_probabilities,
     nearest_neighbour,
 )
-from nanoxtal.xrd.module import XrdClassifier, embed_patterns, load_classifier, run_batched
+from nanoxtal.xrd.module import (
+    XrdClassifier,
+    embed_patterns,
+    load_classifier,
+    pipeline_name,
+    run_batched,
+)
 from nanoxtal.xrd.nets import N_CRYSTAL_SYSTEMS
 from nanoxtal.xrd.profiles import LOW_INDEX_AXES, Augmentation, Grid, Renderer
 from nanoxtal.xrd.references import Matches, References
@@ -168,18 +174,19 @@ def abstention_rule(
     """The threshold below which a prediction abstains, and the probability it applies to.
 
     A threshold given (``min_confidence``) applies to the model's own top space-group
-    probability, as does the model's own (``XrdClassifier.abstain_below``). With both a library
-    and reference phases, the published pipeline, the threshold chosen on that pipeline's
-    out-of-fold answers (``XrdClassifier.pipeline_abstain_below``, when the model has one)
-    applies to its final space-group probability.
+    probability, as does the model's own (``XrdClassifier.abstain_below``) when nothing moves
+    its answers. With a library, reference phases or both, the threshold chosen on that
+    pipeline's out-of-fold answers (``XrdClassifier.pipeline_abstain_below``, when the model
+    has one) applies to its final space-group probability.
 
     Returns:
         The threshold, and True when it applies to the final (moved) probability.
     """
     if min_confidence is not None:
         return float(min_confidence), False
-    if library is not None and references is not None and model.pipeline_abstain_below > 0:
-        return model.pipeline_abstain_below, True
+    name = pipeline_name(library is not None, references is not None)
+    if name in model.pipeline_abstain_below:
+        return model.pipeline_abstain_below[name], True
     return model.abstain_below, False
 
 
@@ -649,8 +656,8 @@ def predict_files(
         assumed_wavelength: Wavelength (Å) of files that do not state theirs.
         min_confidence: Below this space-group probability (the model's own, before a library
             or references move it) the prediction is marked abstained; None for the model's
-            own threshold, or with both a library and references the pipeline's threshold on
-            the final probability (``abstention_rule``).
+            own threshold, or with a library or references that pipeline's threshold on the
+            final probability (``abstention_rule``).
         library: Labelled measured patterns searched beside the model
             (``nanoxtal.xrd.library``): a close match shifts the probabilities to its labels.
         references: Reference phases named beside each prediction.
@@ -683,8 +690,8 @@ def predict_patterns(
             model's, Cu Kα).
         min_confidence: Below this space-group probability (the model's own, before a library
             or references move it) the prediction is marked abstained; None for the model's
-            own threshold, or with both a library and references the pipeline's threshold on
-            the final probability (``abstention_rule``).
+            own threshold, or with a library or references that pipeline's threshold on the
+            final probability (``abstention_rule``).
         library: Labelled measured patterns searched beside the model
             (``nanoxtal.xrd.library``): a close match shifts the probabilities to its labels.
         references: Reference phases named beside each prediction

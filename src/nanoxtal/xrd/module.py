@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,19 +122,19 @@ class XrdClassifier(pl.LightningModule):
         # Below this calibrated space-group probability a prediction is marked abstained
         # (``store_calibration``); 0 (never) until chosen.
         self.abstain_below = 0.0
-        # The same for the published pipeline's answer (this model, the pattern library and
-        # the reference phases): its final space-group probability; 0 when not chosen.
-        self.pipeline_abstain_below = 0.0
+        # The same for this model's answers moved by a pattern library, reference phases or
+        # both (``PIPELINES``), on their final space-group probability; absent until chosen.
+        self.pipeline_abstain_below: dict[str, float] = {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the abstention thresholds with the weights."""
         checkpoint["abstain_below"] = float(self.abstain_below)
-        checkpoint["pipeline_abstain_below"] = float(self.pipeline_abstain_below)
+        checkpoint["pipeline_abstain_below"] = dict(self.pipeline_abstain_below)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the abstention thresholds (0 for checkpoints written before they existed)."""
+        """Restore the abstention thresholds (none for checkpoints written before them)."""
         self.abstain_below = float(checkpoint.get("abstain_below", 0.0))
-        self.pipeline_abstain_below = float(checkpoint.get("pipeline_abstain_below", 0.0))
+        self.pipeline_abstain_below = dict(checkpoint.get("pipeline_abstain_below", {}))
 
     def forward(self, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits for patterns (B, points)."""
@@ -254,24 +254,38 @@ def embed_patterns(model: XrdClassifier, patterns: np.ndarray, batch_size: int =
     return run_batched(model, model.embed, patterns, batch_size)[0].numpy()
 
 
+# What may move the model's answers in prediction, named as ``pipeline_abstain_below`` keys.
+PIPELINES = ("library", "references", "library+references")
+
+
+def pipeline_name(library: bool, references: bool) -> str | None:
+    """``PIPELINES`` name of a prediction with a library and/or references; None for neither."""
+    if library and references:
+        return "library+references"
+    if library:
+        return "library"
+    return "references" if references else None
+
+
 def store_calibration(
     checkpoint: Path | str,
     temperatures: tuple[float, float],
     abstain_below: float | None = None,
-    pipeline_abstain_below: float | None = None,
+    pipeline_abstain_below: Mapping[str, float] | None = None,
 ) -> None:
     """Write the two heads' temperatures (and the abstention thresholds) into a classifier.
 
     The file is replaced atomically; ``predict_proba`` of the reloaded model uses the
     temperatures, and prediction marks answers below ``abstain_below`` (a space-group
-    probability) abstained by default, or, with a library and reference phases, answers
-    whose final space-group probability is below ``pipeline_abstain_below``.
+    probability) abstained by default, or, with a library, reference phases or both
+    (``PIPELINES``), answers whose final space-group probability is below that pipeline's
+    ``pipeline_abstain_below``.
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state["state_dict"]["temperature"] = torch.tensor(temperatures, dtype=torch.float32)
     if abstain_below is not None:
         state["abstain_below"] = float(abstain_below)
     if pipeline_abstain_below is not None:
-        state["pipeline_abstain_below"] = float(pipeline_abstain_below)
+        state["pipeline_abstain_below"] = {k: float(v) for k, v in pipeline_abstain_below.items()}
     with atomic_write(checkpoint) as partial:
         torch.save(state, partial)

@@ -19,6 +19,7 @@ from nanoxtal.xrd.datamodule import MeasuredDataModule, XrdDataModule
 from nanoxtal.xrd.io import read_patterns, to_grid
 from nanoxtal.xrd.library import build_library, library_probabilities
 from nanoxtal.xrd.module import (
+    PIPELINES,
     XrdClassifier,
     class_weights,
     embed_patterns,
@@ -256,6 +257,30 @@ def crossfit_logits(
     return cs_logits, sg_logits
 
 
+def _pipeline_abstention(
+    p_space_group: np.ndarray,
+    space_group: np.ndarray,
+    unlike: np.ndarray | None,
+    settings: FinetuneSettings,
+) -> dict[str, Any]:
+    """A pipeline's threshold on its final probability, and how its answers then fare.
+
+    Patterns unlike every reference phase are never answered (``predict`` holds them back),
+    so they are left out of the choice.
+    """
+    right = p_space_group.argmax(1) + 1 == space_group
+    confidence = p_space_group.max(1)
+    candidates = np.ones(len(right), dtype=bool) if unlike is None else ~unlike
+    threshold = _abstention_threshold(right[candidates], confidence[candidates], settings)
+    answered = candidates & (confidence >= threshold)
+    return {
+        "abstain_below": threshold,
+        "answered_share": float(answered.mean()),
+        "answered_space_group_accuracy": float(right[answered].mean()) if answered.any() else None,
+        "space_group_accuracy": float(right.mean()),
+    }
+
+
 def _abstention_threshold(
     correct: np.ndarray, confidence: np.ndarray, settings: FinetuneSettings
 ) -> float:
@@ -284,20 +309,20 @@ def pipeline_probabilities(
     seed: int,
     temperatures: tuple[float, float],
     references: References,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold space-group probabilities of the published pipeline, after ``crossfit_logits``.
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Out-of-fold space-group probabilities of every ``PIPELINES``, after ``crossfit_logits``.
 
-    Each fold is predicted as ``nanoxtal xrd predict`` predicts by default: by the fine-tune
-    on the other folds (at the fitted temperatures), with the other folds as its pattern
-    library (searched with that model's representations), then the reference phases, their
-    trust curve and unlike gate fitted on the other folds.
+    Each fold is predicted as ``nanoxtal xrd predict`` predicts: by the fine-tune on the other
+    folds (at the fitted temperatures); with the other folds as its pattern library (searched
+    with that model's representations); with the reference phases, their trust curve and
+    unlike gate fitted on the other folds; or with both, the library first.
 
     Returns:
-        The final space-group probabilities (N, 230), and which patterns are unlike every
-        reference phase (N,).
+        Per pipeline name, the final space-group probabilities (N, 230); and which patterns
+        are unlike every reference phase (N,).
     """
     count = len(measured.patterns)
-    p_space_group = np.zeros((count, N_SPACE_GROUPS))
+    final = {name: np.zeros((count, N_SPACE_GROUPS)) for name in PIPELINES}
     unlike = np.zeros(count, dtype=bool)
     for k, fold in enumerate(crossfit_folds(count, folds, seed)):
         model = load_classifier(crossfit_dir(stage_dir, k) / "models" / "best.ckpt")
@@ -311,12 +336,14 @@ def pipeline_probabilities(
         patterns = measured.patterns[fold]
         p_cs, p_sg = (t.numpy() for t in run_batched(model, model.predict_proba, patterns))
         match = library.match(patterns, embed_patterns(model, patterns))
-        _, p_sg = library_probabilities(match, p_cs, p_sg)
+        _, with_library = library_probabilities(match, p_cs, p_sg)
         trusted = references.fit_trust(other.patterns, other.space_group)
         matches = trusted.match(patterns)
-        p_space_group[fold] = trusted.mix(matches, p_sg)
+        final["library"][fold] = with_library
+        final["references"][fold] = trusted.mix(matches, p_sg)
+        final["library+references"][fold] = trusted.mix(matches, with_library)
         unlike[fold] = trusted.unlike(matches)
-    return p_space_group, unlike
+    return final, unlike
 
 
 def finetune_classifier(
@@ -340,10 +367,11 @@ def finetune_classifier(
     (``nanoxtal.xrd.library``), to ``<stage_dir>/library.npz``. With ``fraction`` 1 nothing is
     held out: the refit published for users once the held-out half has measured the method.
 
-    With ``references`` (and cross-fitting), a second threshold is chosen the same way on the
-    out-of-fold answers of the published pipeline (``pipeline_probabilities``: model, library,
-    reference phases), on its final space-group probability: the library and the references
-    change answers and their confidence, so the model's own threshold does not carry over.
+    With ``references`` (and cross-fitting), each way ``predict`` can move the model's answers
+    (``PIPELINES``: a library, reference phases, both) gets its own threshold, chosen the same
+    way on that pipeline's out-of-fold answers (``pipeline_probabilities``) and applied to its
+    final space-group probability: the library and the references change answers and their
+    confidence, so the model's own threshold does not carry over.
 
     Returns:
         The published fine-tuned checkpoint, ``<stage_dir>/models/best.ckpt``.
@@ -385,16 +413,17 @@ def finetune_classifier(
     correct = p_space_group.argmax(1) + 1 == tune.space_group[rows]
     confidence = p_space_group.max(1)
     abstain_below = _abstention_threshold(correct, confidence, settings)
-    pipeline = None
+    pipelines: dict[str, dict[str, Any]] = {}
     if references is not None and settings.calibration_folds > 1:
-        p_pipeline, unlike = pipeline_probabilities(
+        final, unlike = pipeline_probabilities(
             tune, stage_dir, settings.calibration_folds, trainer.seed, temperatures, references
         )
-        # Unlike patterns are never answered (predict holds them back): left out of the choice.
-        right = p_pipeline.argmax(1) + 1 == tune.space_group
-        confident = np.where(unlike, -1.0, p_pipeline.max(1))
-        pipeline = _abstention_threshold(right[~unlike], confident[~unlike], settings)
-    store_calibration(published, temperatures, abstain_below, pipeline)
+        for name, p_final in final.items():
+            pipelines[name] = _pipeline_abstention(
+                p_final, tune.space_group, unlike if "references" in name else None, settings
+            )
+    thresholds = {name: chosen["abstain_below"] for name, chosen in pipelines.items()}
+    store_calibration(published, temperatures, abstain_below, thresholds)
     answered = confidence >= abstain_below
     calibration = {
         "method": f"temperature scaling (Guo et al., ICML 2017) on {method}",
@@ -408,18 +437,8 @@ def finetune_classifier(
         if answered.any()
         else None,
     }
-    if pipeline is not None:
-        kept = confident >= pipeline
-        calibration |= {
-            "pipeline": "model, library of the other folds, reference phases (trust and unlike"
-            " gate fitted on the other folds)",
-            "pipeline_abstain_below": pipeline,
-            "pipeline_answered_share": float(kept.mean()),
-            "pipeline_answered_space_group_accuracy": float(right[kept].mean())
-            if kept.any()
-            else None,
-            "pipeline_space_group_accuracy": float(right.mean()),
-        }
+    if pipelines:
+        calibration["pipelines"] = pipelines
     with atomic_write(Path(stage_dir) / "calibration.json") as partial:
         partial.write_text(json.dumps(calibration, indent=2) + "\n")
     return published
