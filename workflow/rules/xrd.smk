@@ -160,7 +160,8 @@ rule xrd_finetune:
     input:
         model=rules.xrd_train.output[0],
         measured=dataset_dir("xrd_rruff"),
-        # The threshold of the pipeline predict runs by default is chosen with them.
+        # Each prediction pipeline's abstention threshold (library, references, both)
+        # is chosen with them.
         references=rules.xrd_references.output[0],
     output:
         "results/xrd/{arch}/finetune/models/best.ckpt",
@@ -193,7 +194,8 @@ rule xrd_refit:
     input:
         model=rules.xrd_train.output[0],
         measured=dataset_dir("xrd_rruff"),
-        # The threshold of the pipeline predict runs by default is chosen with them.
+        # Each prediction pipeline's abstention threshold (library, references, both)
+        # is chosen with them.
         references=rules.xrd_references.output[0],
     output:
         "results/xrd/{arch}/refit/models/best.ckpt",

@@ -719,14 +719,21 @@ def _all_close_pairs(
     points: np.ndarray, lattice: np.ndarray, tolerance: float
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The pairs (i, j) of distinct points within tolerance, measuring all n² pairs."""
-    delta = points[:, None, :] - points[None, :, :]
-    delta -= np.rint(delta)  # nearest lattice translation: the shortest image at these distances
-    cartesian = delta @ lattice
-    close = np.einsum("ijk,ijk->ij", cartesian, cartesian) < tolerance**2
+    close = _squared_distance(points[:, None, :] - points[None, :, :], lattice) < tolerance**2
     if np.count_nonzero(close) == len(points):  # each point close to itself only
         return None
     i, j = np.nonzero(np.triu(close, 1))
     return i, j
+
+
+def _squared_distance(delta: np.ndarray, lattice: np.ndarray) -> np.ndarray:
+    """Squared length (Å²) of fractional differences (..., 3), each to its nearest image.
+
+    The nearest lattice translation (rounding each component) gives the shortest image at
+    the merge tolerance's distances, far below any cell edge.
+    """
+    cartesian = (delta - np.rint(delta)) @ lattice
+    return np.einsum("...k,...k->...", cartesian, cartesian)
 
 
 def _window_close_pairs(
@@ -751,10 +758,7 @@ def _window_close_pairs(
     left = np.repeat(np.arange(n), counts)
     right = left + 1 + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
     i, j = order[left], order[right % n]
-    delta = points[i] - points[j]
-    delta -= np.rint(delta)
-    cartesian = delta @ lattice
-    close = (np.einsum("ij,ij->i", cartesian, cartesian) < tolerance**2) & (i != j)
+    close = (_squared_distance(points[i] - points[j], lattice) < tolerance**2) & (i != j)
     if not close.any():
         return None
     return i[close], j[close]

@@ -257,16 +257,16 @@ def crossfit_logits(
     return cs_logits, sg_logits
 
 
-def _pipeline_abstention(
+def _abstention(
     p_space_group: np.ndarray,
     space_group: np.ndarray,
-    unlike: np.ndarray | None,
     settings: FinetuneSettings,
+    unlike: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """A pipeline's threshold on its final probability, and how its answers then fare.
+    """The threshold on the top space-group probability, and how the answers then fare.
 
-    Patterns unlike every reference phase are never answered (``predict`` holds them back),
-    so they are left out of the choice.
+    Patterns unlike every reference phase (``unlike``) are never answered (``predict`` holds
+    them back), so they are left out of the choice.
     """
     right = p_space_group.argmax(1) + 1 == space_group
     confidence = p_space_group.max(1)
@@ -410,32 +410,24 @@ def finetune_classifier(
         fit_temperature(logits[1], torch.as_tensor(tune.space_group[rows] - 1)),
     )
     p_space_group = torch.softmax(logits[1] / temperatures[1], 1).numpy()
-    correct = p_space_group.argmax(1) + 1 == tune.space_group[rows]
-    confidence = p_space_group.max(1)
-    abstain_below = _abstention_threshold(correct, confidence, settings)
+    own = _abstention(p_space_group, tune.space_group[rows], settings)
     pipelines: dict[str, dict[str, Any]] = {}
     if references is not None and settings.calibration_folds > 1:
         final, unlike = pipeline_probabilities(
             tune, stage_dir, settings.calibration_folds, trainer.seed, temperatures, references
         )
         for name, p_final in final.items():
-            pipelines[name] = _pipeline_abstention(
-                p_final, tune.space_group, unlike if "references" in name else None, settings
-            )
+            gate = unlike if "references" in name else None
+            pipelines[name] = _abstention(p_final, tune.space_group, settings, gate)
     thresholds = {name: chosen["abstain_below"] for name, chosen in pipelines.items()}
-    store_calibration(published, temperatures, abstain_below, thresholds)
-    answered = confidence >= abstain_below
+    store_calibration(published, temperatures, own["abstain_below"], thresholds)
     calibration = {
         "method": f"temperature scaling (Guo et al., ICML 2017) on {method}",
         "rows": tune_rows[rows].tolist(),
         "temperature_crystal_system": temperatures[0],
         "temperature_space_group": temperatures[1],
         "abstain_precision": settings.abstain_precision,
-        "abstain_below": abstain_below,
-        "answered_share": float(answered.mean()),
-        "answered_space_group_accuracy": float(correct[answered].mean())
-        if answered.any()
-        else None,
+        **own,
     }
     if pipelines:
         calibration["pipelines"] = pipelines
